@@ -1,0 +1,3 @@
+from llavarad_cli.cli import main
+
+main()

@@ -1,0 +1,207 @@
+"""The `llavarad` command: one short function per subcommand — parse, load, call the library, print.
+
+Heavy imports (torch, transformers, deepspeed) happen inside the commands so that `llavarad --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from llavarad_cli import __version__
+from llavarad_cli.errors import NotBuiltYet, UserError
+
+app = typer.Typer(
+    name="llavarad",
+    help="Train, run and evaluate LLaVA-Rad-style chest X-ray findings models.\n\n"
+    "Typical flow: prepare -> pretrain -> finetune -> infer -> merge-chunks -> evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(fn):
+    """Turn a UserError into one red line on stderr and exit code 2; bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(exc.one_line())}", soft_wrap=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _version_callback(value: bool):
+    if value:
+        console.print(f"llavarad {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+):
+    pass
+
+
+# --- prepare --------------------------------------------------------------------------------------------------
+
+@app.command()
+@user_errors
+def prepare(
+    out: Path = typer.Option(..., "--out", help="Output folder for train.json, dev.json, test.json and prepare-summary.json."),
+    mimic_dir: Optional[Path] = typer.Option(None, "--mimic-dir", help="MIMIC-CXR-JPG 2.0.0 root (files/, metadata, split and optional chexpert CSVs)."),
+    reports: Optional[Path] = typer.Option(None, "--reports", help="mimic-cxr-reports.zip or its unpacked files/ tree (default: looked for inside --mimic-dir)."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Folder of the PhysioNet 'LLaVA-Rad MIMIC-CXR Annotations' JSON files; used instead of parsing reports."),
+    openi_reports: Optional[Path] = typer.Option(None, "--openi-reports", help="Open-I indiana_reports.csv."),
+    openi_projections: Optional[Path] = typer.Option(None, "--openi-projections", help="Open-I indiana_projections.csv."),
+    openi_images: Optional[Path] = typer.Option(None, "--openi-images", help="Folder of Open-I images (CXR<uid>_IM-….png or the Kaggle names)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Open-I only: the split every study goes to (default: test)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="Also write resized copies (shortest side N, JPEG) under OUT/images/ and point records there."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes for the image step (default: all cores)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing JSON files in OUT."),
+):
+    """Build training/evaluation records from MIMIC-CXR-JPG + reports, the PhysioNet annotations, or Open-I."""
+    raise NotBuiltYet("prepare")
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+def _train_command(stage: str, spec: Optional[Path], overrides: List[str], dry_run: bool, print_spec: bool,
+                   num_workers: Optional[int], merge: bool = False) -> None:
+    from llavarad_cli import specs
+
+    if print_spec:
+        typer.echo(specs.default_spec_yaml(stage))
+        return
+    if spec is None:
+        raise UserError(f"`llavarad {stage}` needs a run spec", hint=f"`llavarad {stage} --print-spec > run.yaml` writes one")
+    run_spec = specs.load_spec(spec, stage, overrides)
+    if dry_run:
+        console.rule(f"[bold]{stage}[/]: resolved spec")
+        typer.echo(specs.spec_to_yaml(run_spec))
+        return
+    raise NotBuiltYet(stage)
+
+
+SPEC_ARG = typer.Argument(None, help="YAML run spec (`--print-spec` writes a commented default).", show_default=False)
+SET_OPT = typer.Option([], "--set", help="Override one spec value, e.g. --set train.learning_rate=2e-4 (repeatable).")
+DRY_OPT = typer.Option(False, "--dry-run", help="Validate the spec, print it resolved with the DeepSpeed config, launcher command and memory estimate, then stop.")
+PRINT_OPT = typer.Option(False, "--print-spec", help="Print a complete commented default spec for this stage and exit.")
+WORKERS_OPT = typer.Option(None, "--num-workers", min=1, help="Worker processes on a machine without GPUs (CPU/gloo); default 1.")
+
+
+@app.command()
+@user_errors
+def pretrain(spec: Optional[Path] = SPEC_ARG, overrides: List[str] = SET_OPT, dry_run: bool = DRY_OPT,
+             print_spec: bool = PRINT_OPT, num_workers: Optional[int] = WORKERS_OPT):
+    """Stage 1: align the projector (vision tower and LM frozen), on DeepSpeed workers."""
+    _train_command("pretrain", spec, overrides, dry_run, print_spec, num_workers)
+
+
+@app.command()
+@user_errors
+def finetune(spec: Optional[Path] = SPEC_ARG, overrides: List[str] = SET_OPT, dry_run: bool = DRY_OPT,
+             print_spec: bool = PRINT_OPT, num_workers: Optional[int] = WORKERS_OPT,
+             merge: bool = typer.Option(False, "--merge", help="Also write a merged standalone model (safetensors) at the end.")):
+    """Stage 2: LoRA on every linear layer of the LM plus the projector, on DeepSpeed workers."""
+    _train_command("finetune", spec, overrides, dry_run, print_spec, num_workers, merge)
+
+
+# --- inference ------------------------------------------------------------------------------------------------
+
+@app.command()
+@user_errors
+def infer(
+    image: Optional[Path] = typer.Option(None, "--image", help="One chest X-ray (JPEG, PNG or DICOM)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Reason for the exam (indication), put into the prompt."),
+    query_file: Optional[Path] = typer.Option(None, "--query-file", help="Records JSON from `prepare` (or the PhysioNet annotation format)."),
+    image_folder: Optional[Path] = typer.Option(None, "--image-folder", help="Folder the records' image paths are relative to."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Predictions JSONL (batch mode); rerunning resumes it."),
+    model: str = typer.Option("microsoft/llava-rad", "--model", help="Released LLaVA-Rad layout or a llavarad checkpoint: hub id or local dir."),
+    model_base: Optional[str] = typer.Option("lmsys/vicuna-7b-v1.5", "--model-base", help="Base LM for the released (LoRA) layout: hub id or local dir."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu (default: cuda when available)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Reports per generate() call (length-sorted, left-padded)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens generated per report (the paper used 256)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy, as in the paper."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0)."),
+    num_beams: int = typer.Option(1, "--num-beams", min=1, help="Beam search width."),
+    num_chunks: int = typer.Option(1, "--num-chunks", min=1, help="Split the records into K contiguous chunks..."),
+    chunk_idx: int = typer.Option(0, "--chunk-idx", min=0, help="...and process chunk i of them."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="Start one worker per GPU and merge their outputs at the end."),
+    as_json: bool = typer.Option(False, "--json", help="Single image: print a JSON object with the prompt and findings."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow .bin/.pt files that need arbitrary code to unpickle (only for files you trust)."),
+):
+    """Write findings for one image (--image) or a whole test set (--query-file), batched and resumable."""
+    raise NotBuiltYet("infer")
+
+
+@app.command("merge-chunks")
+@user_errors
+def merge_chunks(
+    files: List[Path] = typer.Argument(..., help="Chunk prediction files, e.g. preds_*.jsonl (merged in natural order)."),
+    output: Path = typer.Option(..., "--output", help="Merged predictions JSONL."),
+    query_file: Optional[Path] = typer.Option(None, "--query-file", help="Records JSON: list the ids no chunk predicted."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Exit 0 even when ids are missing."),
+):
+    """Join per-GPU prediction files, refusing conflicting duplicates and reporting bad lines and gaps."""
+    raise NotBuiltYet("merge-chunks")
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------
+
+@app.command()
+@user_errors
+def evaluate(
+    preds: Path = typer.Argument(..., help="Predictions JSONL from `infer` (id, prediction, reference per line)."),
+    metrics: str = typer.Option("bleu,rouge,chexbert,radgraph", "--metrics", help="Comma list of bleu, rouge, chexbert, radgraph, chexprompt."),
+    bootstrap: int = typer.Option(500, "--bootstrap", min=0, help="Bootstrap resamples for 95% intervals (0 = none)."),
+    seed: int = typer.Option(3, "--seed", help="Seed of the bootstrap."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json, main.csv, breakdowns and per_report.jsonl."),
+    plot: bool = typer.Option(False, "--plot", help="Also write a PNG of per-observation F1."),
+    chexbert_weights: Optional[Path] = typer.Option(None, "--chexbert-weights", help="Local chexbert.pth (default: StanfordAIMI/RRG_scorers on the hub)."),
+    radgraph_weights: Optional[Path] = typer.Option(None, "--radgraph-weights", help="Local RadGraph model (default: StanfordAIMI/RRG_scorers on the hub)."),
+):
+    """Score predictions with BLEU-1/4, ROUGE-L, F1-CheXbert, F1-RadGraph (paper conventions) and CheXprompt."""
+    raise NotBuiltYet("evaluate")
+
+
+# --- doctor ---------------------------------------------------------------------------------------------------
+
+@app.command()
+@user_errors
+def doctor(
+    no_hub: bool = typer.Option(False, "--no-hub", help="Do not try to reach the Hugging Face hub."),
+):
+    """Report versions, GPUs and memory, flash-attn/bf16, hub reachability and the HF cache."""
+    from rich.table import Table
+
+    from llavarad_cli.doctor import collect
+
+    table = Table(title=f"llavarad {__version__} environment", show_header=True)
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    for key, value in collect(check_hub=not no_hub):
+        table.add_row(key, escape(value))
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""`llavarad doctor`: what a user needs to know before starting a long job."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+PACKAGES = ["torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed", "open_clip_torch", "timm",
+            "flash-attn", "pydicom", "sacrebleu", "rouge-score"]
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def hub_status(timeout: float = 3.0) -> str:
+    """Offline mode if set; otherwise whether the Hugging Face hub answers within ``timeout`` seconds."""
+    flags = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true", "yes")]
+    if flags:
+        return f"offline mode ({', '.join(flags)}=1): only local files and the cache are used"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    import urllib.request
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout)
+        return f"reachable ({endpoint})"
+    except Exception as exc:  # any failure means "not reachable"; the reason helps
+        reason = getattr(exc, "reason", exc)
+        return f"NOT reachable ({endpoint}: {reason}); pass local paths or set HF_HUB_OFFLINE=1"
+
+
+def hf_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+        return str(constants.HF_HUB_CACHE)
+    except Exception:
+        home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+        return os.path.join(home, "hub")
+
+
+def collect(check_hub: bool = True) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = [("python", platform.python_version()),
+                                   ("platform", f"{platform.system()} {platform.machine()}")]
+    for name in PACKAGES:
+        rows.append((name, _version(name) or "not installed"))
+
+    import torch
+
+    if torch.cuda.is_available():
+        rows.append(("CUDA", f"{torch.version.cuda} ({torch.cuda.device_count()} device(s))"))
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            rows.append((f"cuda:{i}", f"{props.name}, {props.total_memory / 2**30:.1f} GiB, "
+                                      f"compute {props.major}.{props.minor}"))
+        bf16 = "yes" if torch.cuda.is_bf16_supported() else "no (use fp16)"
+    else:
+        rows.append(("CUDA", "no GPU visible: training and inference run on CPU (slow for 7B models)"))
+        bf16 = "CPU only (fp32 is used on CPU)"
+    rows.append(("bf16", bf16))
+    try:
+        import importlib.util
+        has_fa = importlib.util.find_spec("flash_attn") is not None
+    except Exception:
+        has_fa = False
+    rows.append(("flash-attn", "available" if has_fa else "not installed: SDPA attention is used (pip install '.[gpu]')"))
+    rows.append(("HF hub", hub_status() if check_hub else "not checked"))
+    rows.append(("HF cache", hf_cache_dir()))
+    rows.append(("CPU cores", str(os.cpu_count())))
+    return rows

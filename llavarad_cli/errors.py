@@ -1,0 +1,34 @@
+"""The one error type for user mistakes.
+
+The CLI prints a ``UserError`` as a single red line (plus its hint) and exits with code 2. Anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix: a bad path, a bad input file, a bad spec, a missing weight file."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = " ".join(self.message.split())
+        if self.hint:
+            text += f" (hint: {' '.join(self.hint.split())})"
+        return text
+
+
+class NotBuiltYet(UserError):
+    """Raised by a subcommand whose feature has not been written yet: never a fake success."""
+
+    def __init__(self, command: str):
+        super().__init__(
+            f"`llavarad {command}` is not built yet in this version",
+            hint="see CHANGELOG.md for what works now",
+        )

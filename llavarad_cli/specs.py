@@ -1,0 +1,425 @@
+"""Run specs for ``pretrain`` / ``finetune``: pydantic models, YAML loading, ``--set`` overrides, errors.
+
+A spec is plain YAML with the sections ``model``, ``data``, ``train``, ``lora``, ``deepspeed``, ``launcher`` and
+``output``. Defaults are the LLaVA-Rad recipe for the stage (llava-rad-facts.md §2.2). Every mistake becomes
+one line: ``run.yaml: train.learning_rate: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llavarad_cli.errors import UserError
+
+Stage = Literal["pretrain", "finetune"]
+STAGES: tuple[str, ...] = ("pretrain", "finetune")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _existing(path: Optional[Path], kind: str) -> Optional[Path]:
+    """Resolve against the working directory and insist the path exists (file or dir)."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if kind == "file" and not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    if kind == "dir" and not path.is_dir():
+        raise ValueError(f"directory not found: {path}")
+    return path.resolve()
+
+
+class VisionTowerSection(Section):
+    config: Optional[Path] = Field(
+        None, description="open_clip model JSON of the vision tower (e.g. biomedclipcxr_518.json); "
+        "null = the released BiomedCLIP-CXR tower from `released_from`")
+    checkpoint: Optional[Path] = Field(
+        None, description="weights of the vision tower (e.g. biomedclipcxr_518_checkpoint.pt); "
+        "null = taken from `released_from`")
+    released_from: str = Field(
+        "microsoft/llava-rad", description="hub id or local dir holding biomedclipcxr_518.json and its checkpoint")
+    select_layer: int = Field(-2, description="hidden state fed to the projector (-2 = penultimate block)")
+
+    @field_validator("config", "checkpoint")
+    @classmethod
+    def _must_exist(cls, v):
+        return _existing(v, "file")
+
+
+class ModelSection(Section):
+    base: str = Field("lmsys/vicuna-7b-v1.5", description="base language model: hub id or local directory")
+    vision_tower: VisionTowerSection = Field(default_factory=VisionTowerSection)
+    projector_type: str = Field("mlp2x_gelu", description="`linear` or `mlp{N}x_gelu`")
+    pretrained_projector: Optional[Path] = Field(
+        None, description="stage 2 only: the stage-1 projector (projector.safetensors or mm_projector.bin)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="attention kernel; flash_attention_2 needs the `gpu` extra")
+
+    @field_validator("projector_type")
+    @classmethod
+    def _projector(cls, v: str) -> str:
+        if v != "linear" and not re.fullmatch(r"mlp([1-9]\d*)x_gelu", v):
+            raise ValueError("must be `linear` or `mlp{N}x_gelu` (e.g. mlp2x_gelu)")
+        return v
+
+    @field_validator("pretrained_projector")
+    @classmethod
+    def _projector_file(cls, v):
+        return _existing(v, "file")
+
+
+class DataSection(Section):
+    train_records: Path = Field(description="records JSON written by `llavarad prepare` (e.g. out/train.json)")
+    image_folder: Path = Field(description="folder the records' `image` paths are relative to")
+    template: Literal["plain", "v1"] = Field(description="`plain` for stage 1, `v1` (Vicuna) for stage 2")
+    model_max_length: int = Field(2048, gt=0, description="text tokens per sample, not counting image positions")
+    num_workers: int = Field(4, ge=0, description="DataLoader worker processes per rank")
+
+    @field_validator("train_records")
+    @classmethod
+    def _records(cls, v):
+        return _existing(v, "file")
+
+    @field_validator("image_folder")
+    @classmethod
+    def _images(cls, v):
+        return _existing(v, "dir")
+
+
+class TrainSection(Section):
+    learning_rate: float = Field(gt=0, description="peak learning rate")
+    projector_learning_rate: Optional[float] = Field(
+        None, gt=0, description="separate peak lr for the projector (null = learning_rate, as the reference)")
+    epochs: float = Field(gt=0, description="passes over the records")
+    max_steps: Optional[int] = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
+    global_batch_size: int = Field(gt=0, description="samples per optimizer step over all ranks")
+    per_device_batch_size: int = Field(gt=0, description="samples per forward pass per rank")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    adam_beta1: float = Field(0.9, gt=0, lt=1)
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(
+        0.0, ge=0, description="gradient clipping norm; 0 = off (the reference silently had none)")
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="bf16 on GPUs that have it; fp32 on CPU")
+    gradient_checkpointing: bool = Field(True, description="trade compute for activation memory")
+    seed: int = Field(42, description="seeds data order, projector init and LoRA init")
+
+    @model_validator(mode="after")
+    def _batch_fits(self):
+        if self.global_batch_size % self.per_device_batch_size:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"per_device_batch_size ({self.per_device_batch_size})")
+        return self
+
+
+class LoraSection(Section):
+    enabled: bool = Field(description="train LoRA adapters on the LM (stage 2)")
+    r: int = Field(64, gt=0, description="LoRA rank")
+    alpha: float = Field(128, gt=0, description="LoRA alpha (scaling = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="`all-linear` = every nn.Linear of the LM except lm_head; or a list of names")
+
+
+class DeepSpeedSection(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage of the generated DeepSpeed config")
+    config: Optional[Path] = Field(None, description="your own DeepSpeed JSON; replaces the generated one")
+    overlap_comm: bool = Field(True)
+    contiguous_gradients: bool = Field(True)
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v):
+        return _existing(v, "file")
+
+
+class LauncherSection(Section):
+    num_gpus: Optional[int] = Field(None, gt=0, description="GPUs per node (null = all visible)")
+    num_nodes: int = Field(1, gt=0, description="machines; more than 1 needs a hostfile")
+    hostfile: Optional[Path] = Field(None, description="DeepSpeed hostfile for several machines")
+    master_addr: Optional[str] = Field(None, description="rendezvous address (multi-node)")
+    master_port: int = Field(29500, ge=1024, le=65535, description="rendezvous port")
+
+    @field_validator("hostfile")
+    @classmethod
+    def _hostfile(cls, v):
+        return _existing(v, "file")
+
+    @model_validator(mode="after")
+    def _nodes(self):
+        if self.num_nodes > 1 and self.hostfile is None:
+            raise ValueError("num_nodes > 1 needs launcher.hostfile")
+        return self
+
+
+class OutputSection(Section):
+    dir: Path = Field(description="run directory: checkpoints, logs, final weights")
+    save_steps: int = Field(500, gt=0, description="save a resumable checkpoint every N optimizer steps")
+    save_total_limit: int = Field(1, gt=0, description="keep only the newest N checkpoints")
+    logging_steps: int = Field(1, gt=0, description="log loss / lr / tokens per second every N steps")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="extra loggers, when installed")
+
+    @field_validator("dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return Path(v).expanduser().resolve()
+
+
+class RunSpec(Section):
+    stage: Stage = Field(description="pretrain (projector alignment) or finetune (LoRA + projector)")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    train: TrainSection
+    lora: LoraSection
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    launcher: LauncherSection = Field(default_factory=LauncherSection)
+    output: OutputSection
+
+
+#: The LLaVA-Rad recipe per stage (llava-rad-facts.md §2.2). Paths are placeholders the user must change.
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain": {
+        "stage": "pretrain",
+        "data": {"train_records": "data/train.json", "image_folder": "data/images", "template": "plain"},
+        "train": {"learning_rate": 1e-3, "epochs": 1, "global_batch_size": 256, "per_device_batch_size": 32},
+        "lora": {"enabled": False},
+        "output": {"dir": "runs/pretrain", "save_steps": 24000},
+    },
+    "finetune": {
+        "stage": "finetune",
+        "model": {"pretrained_projector": "runs/pretrain/projector.safetensors"},
+        "data": {"train_records": "data/train.json", "image_folder": "data/images", "template": "v1"},
+        "train": {"learning_rate": 1e-4, "epochs": 3, "global_batch_size": 64, "per_device_batch_size": 16},
+        "lora": {"enabled": True},
+        "output": {"dir": "runs/finetune", "save_steps": 50000},
+    },
+}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.learning_rate=2e-4`` -> (["train", "learning_rate"], 0.0002); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.learning_rate=2e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {text!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = json.loads(json.dumps(data, default=str))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: `{part}` is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` (the parent of an unknown key), for a did-you-mean hint."""
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+        args = getattr(current, "__args__", ())
+        current = next((a for a in (current, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(source: str, exc: ValidationError, model: type[BaseModel] = None) -> str:
+    """One line per problem: ``run.yaml: train.learning_rate: Input should be greater than 0``."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        where = ".".join(loc) or "(top level)"
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            close = difflib.get_close_matches(loc[-1], _allowed_keys(model or RunSpec, loc[:-1]), n=1)
+            if close:
+                msg += f"; did you mean `{close[0]}`?"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{source}: {where}: {msg}")
+    return "; ".join(lines)
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: spec file not found", hint="`llavarad pretrain --print-spec > run.yaml` writes one")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"{path.name}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path.name}: not a UTF-8 text file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path.name}: a run spec must be a mapping of sections (model, data, train, ...)")
+    return data
+
+
+def build_spec(stage: str, user: dict, overrides: list[str] = (), source: str = "spec") -> RunSpec:
+    """Stage defaults <- the user's YAML <- ``--set`` overrides, validated as one ``RunSpec``."""
+    user_stage = user.get("stage")
+    if user_stage is not None and user_stage != stage:
+        raise UserError(f"{source}: stage: this spec is for `{user_stage}`, not `{stage}`",
+                        hint=f"run `llavarad {user_stage} {source}` or change `stage`")
+    merged = deep_merge(STAGE_DEFAULTS[stage], user)
+    merged = apply_overrides(merged, list(overrides))
+    try:
+        return RunSpec.model_validate(merged)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(source, exc)) from None
+
+
+def load_spec(path: Path, stage: str, overrides: list[str] = ()) -> RunSpec:
+    path = Path(path)
+    return build_spec(stage, read_yaml(path), overrides, source=path.name)
+
+
+def spec_to_dict(spec: RunSpec) -> dict:
+    return spec.model_dump(mode="json")
+
+
+def spec_to_yaml(spec: RunSpec) -> str:
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False)
+
+
+def package_versions() -> dict[str, str | None]:
+    from importlib import metadata
+    import platform
+
+    names = ["llavarad", "torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed",
+             "open_clip_torch", "timm", "safetensors", "flash-attn"]
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_resolved_spec(spec: RunSpec, out_dir: Path | None = None) -> Path:
+    """Write ``resolved_spec.yaml`` (the spec as run, loadable again) and the package versions beside it."""
+    from llavarad_cli.io_utils import atomic_write_text
+
+    out_dir = Path(out_dir or spec.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    body = spec_to_yaml(spec)
+    versions = yaml.safe_dump({"versions": package_versions()}, sort_keys=False)
+    text = "# Resolved by llavarad; rerun with: llavarad {0} {1}\n{2}\n# Package versions of this run\n{3}".format(
+        spec.stage, out_dir / "resolved_spec.yaml", body, "".join(f"# {line}\n" for line in versions.splitlines()))
+    target = out_dir / "resolved_spec.yaml"
+    atomic_write_text(target, text)
+    atomic_write_text(out_dir / "versions.json", json.dumps(package_versions(), indent=2) + "\n")
+    return target
+
+
+# --- the commented default spec -------------------------------------------------------------------------------
+
+_SECTION_HELP = {
+    "model": "What to build: base LM, vision tower, projector.",
+    "data": "Records from `llavarad prepare` and the images they point to.",
+    "train": "Optimisation (defaults = the LLaVA-Rad recipe for this stage).",
+    "lora": "LoRA adapters on every linear layer of the LM (never the projector, the vision tower or lm_head).",
+    "deepspeed": "DeepSpeed ZeRO settings.",
+    "launcher": "How workers are started (DeepSpeed launcher).",
+    "output": "Where the run writes checkpoints, logs and final weights.",
+}
+
+
+def _render(model_cls: type[BaseModel], values: dict, indent: int) -> list[str]:
+    pad = "  " * indent
+    lines: list[str] = []
+    for name, field in model_cls.model_fields.items():
+        value = values.get(name)
+        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        if sub is not None:
+            lines.append(f"{pad}{name}:")
+            lines.extend(_render(sub, value or {}, indent + 1))
+            continue
+        if field.description:
+            lines.append(f"{pad}# {field.description}")
+        dumped = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()
+        lines.append(f"{pad}{dumped[1:-1] if dumped.startswith('{') else dumped}")
+    return lines
+
+
+def default_spec_yaml(stage: str) -> str:
+    """A complete, commented spec with this stage's defaults (paths are placeholders to edit)."""
+    defaults = _defaults_as_dict(stage)
+    out = [f"# llavarad {stage} run spec — the LLaVA-Rad recipe. Edit the paths, then run:",
+           f"#   llavarad {stage} run.yaml --dry-run", ""]
+    for name, field in RunSpec.model_fields.items():
+        if name == "stage":
+            out.append(f"stage: {stage}")
+            out.append("")
+            continue
+        out.append(f"# {_SECTION_HELP[name]}")
+        out.append(f"{name}:")
+        out.extend(_render(field.annotation, defaults.get(name, {}), 1))
+        out.append("")
+    return "\n".join(out)
+
+
+def _defaults_as_dict(stage: str) -> dict:
+    """Every field's default merged with the stage recipe, without checking that placeholder paths exist."""
+    def fill(model_cls: type[BaseModel], given: dict) -> dict:
+        result = {}
+        for name, field in model_cls.model_fields.items():
+            sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+            if sub is not None:
+                result[name] = fill(sub, given.get(name, {}))
+            elif name in given:
+                result[name] = given[name]
+            elif not field.is_required():
+                default = field.get_default(call_default_factory=True)
+                result[name] = json.loads(json.dumps(default, default=str))
+            else:
+                result[name] = None
+        return result
+    return fill(RunSpec, STAGE_DEFAULTS[stage])

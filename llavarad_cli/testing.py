@@ -1,0 +1,189 @@
+"""Tiny, offline, seeded stand-ins for the real parts: for tests, benchmarks and smoke-testing an install.
+
+- a tiny LLaMA-family LM (``LlamaForCausalLM``) with a SentencePiece-shaped BPE tokenizer trained here, offline;
+- a tiny DINOv2-shaped timm ViT registered under its own name and built through open_clip's timm-trunk path,
+  exactly like BiomedCLIP-CXR's ``vit_base_patch14_dinov2`` tower but small.
+
+Nothing here touches the Hugging Face hub. Runnable: ``python -m llavarad_cli.testing --help``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: timm name of the tiny tower (registered by ``register_tiny_vit``).
+TINY_VIT_NAME = "llavarad_tiny_vit_p14"
+TINY_IMAGE_SIZE = 56          # 56 / 14 = 4 -> 16 patch tokens
+TINY_VIT_WIDTH = 32
+TINY_VISION_CONFIG_NAME = "llavarad-tiny-biomedclip"
+TINY_LM_HIDDEN = 64
+TINY_VOCAB_SIZE = 1000
+SEED = 1234
+
+#: Text the tiny tokenizer is trained on: report language plus every fixed prompt string.
+TOKENIZER_CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions.",
+    "USER: Provide a description of the findings in the radiology image given the following indication: "
+    "shortness of breath ASSISTANT:",
+    "Provide a description of the findings in the radiology image.",
+    "The heart is normal in size. The mediastinum is unremarkable. The lungs are clear.",
+    "There is no pleural effusion or pneumothorax. No focal consolidation is seen.",
+    "Large left pleural effusion is new. Small right effusion is new. Cardiac size cannot be evaluated.",
+    "Mild cardiomegaly with pulmonary edema. Bibasilar atelectasis. Endotracheal tube in place.",
+    "Degenerative changes in the thoracic spine. No acute cardiopulmonary abnormality.",
+    "Preop lumbar surgery. Chest pain, cough, fever, dyspnea, evaluate for pneumonia.",
+    "Heart size and pulmonary vascularity appear within normal limits. No pneumothorax or pleural effusion.",
+    "Opacity in the right lower lobe may reflect consolidation or aspiration. Support devices are unchanged.",
+    "0 1 2 3 4 5 6 7 8 9 cm mm x-XXXX ___ ? ! , . ; : ( ) / - + = % ' \" [ ] < > # * & @ $ ^ ~ `",
+]
+
+
+def _alphabet() -> list[str]:
+    """Printable ASCII plus the newline, so no ordinary report text maps to <unk>."""
+    return [chr(c) for c in range(32, 127)] + ["\n", "\t", "▁"]
+
+
+def tiny_tokenizer():
+    """A LLaMA-shaped tokenizer: SentencePiece-style BPE (``▁`` word prefix), ids <unk>=0 <s>=1 </s>=2, BOS added.
+
+    Deterministic: the same corpus always trains the same merges.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=specials,
+                                  initial_alphabet=_alphabet(), show_progress=False)
+    tok.train_from_iterator(TOKENIZER_CORPUS * 4, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                 model_max_length=2048, padding_side="right")
+    return hf
+
+
+def tiny_llama_config(vocab_size: int = TINY_VOCAB_SIZE):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=TINY_LM_HIDDEN, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                       tie_word_embeddings=False)
+
+
+def tiny_lm(seed: int = SEED):
+    """A 2-layer LlamaForCausalLM (about 0.2 M parameters), initialised from ``seed``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config())
+    model.eval()
+    return model
+
+
+def register_tiny_vit() -> str:
+    """Register the tiny DINOv2-shaped ViT with timm (idempotent) and return its name."""
+    import timm
+    from timm.models import register_model
+
+    if TINY_VIT_NAME in timm.list_models(TINY_VIT_NAME):
+        return TINY_VIT_NAME
+
+    def llavarad_tiny_vit_p14(pretrained: bool = False, **kwargs):
+        # vit_base_patch14_dinov2 with its geometry shrunk; same blocks, layer scale and CLS token.
+        args = dict(img_size=TINY_IMAGE_SIZE, patch_size=14, embed_dim=TINY_VIT_WIDTH, depth=3, num_heads=2,
+                    mlp_ratio=2.0)
+        args.update(kwargs)
+        return timm.create_model("vit_base_patch14_dinov2", pretrained=False, **args)
+
+    llavarad_tiny_vit_p14.__name__ = TINY_VIT_NAME
+    register_model(llavarad_tiny_vit_p14)
+    return TINY_VIT_NAME
+
+
+def tiny_vision_config() -> dict:
+    """An open_clip model JSON shaped like ``biomedclipcxr_518.json`` (vision side), with a tiny trunk.
+
+    The text tower is open_clip's built-in transformer, tiny, so nothing needs BiomedBERT or the hub.
+    """
+    return {
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": TINY_VIT_NAME, "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": TINY_IMAGE_SIZE},
+        "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1},
+    }
+
+
+def tiny_open_clip(seed: int = SEED):
+    """The full tiny open_clip model (vision + text), built from ``tiny_vision_config`` through open_clip."""
+    import tempfile
+
+    import open_clip
+    import torch
+
+    register_tiny_vit()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / f"{TINY_VISION_CONFIG_NAME}.json").write_text(json.dumps(tiny_vision_config()))
+        open_clip.add_model_config(tmp)
+        torch.manual_seed(seed)
+        model = open_clip.create_model(TINY_VISION_CONFIG_NAME, pretrained=None)
+    model.eval()
+    return model
+
+
+def write_tiny_vision_tower(out_dir: Path, seed: int = SEED, training_checkpoint: bool = True) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>_checkpoint.pt`` like the released BiomedCLIP-CXR files.
+
+    With ``training_checkpoint`` the weights are wrapped as open_clip training checkpoints are:
+    ``{"state_dict": {"module.visual...": ...}, "epoch": ..., "name": ...}``.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = tiny_open_clip(seed)
+    config_path = out_dir / f"{TINY_VISION_CONFIG_NAME}.json"
+    config_path.write_text(json.dumps(tiny_vision_config(), indent=2))
+    state = model.state_dict()
+    if training_checkpoint:
+        state = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 1, "name": "tiny"}
+    ckpt_path = out_dir / f"{TINY_VISION_CONFIG_NAME}_checkpoint.pt"
+    torch.save(state, ckpt_path)
+    return config_path, ckpt_path
+
+
+def write_tiny_lm(out_dir: Path, seed: int = SEED) -> Path:
+    """Save the tiny LM and its tokenizer as a Hugging Face model folder (usable as a ``model.base``)."""
+    out_dir = Path(out_dir)
+    tiny_lm(seed).save_pretrained(out_dir)
+    tiny_tokenizer().save_pretrained(out_dir)
+    return out_dir
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m llavarad_cli.testing",
+                                     description="Write tiny offline models for smoke tests.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    lm = sub.add_parser("tiny-lm", help="a tiny LLaMA LM + tokenizer folder")
+    lm.add_argument("out", type=Path)
+    vt = sub.add_parser("tiny-vision-tower", help="a tiny BiomedCLIP-shaped open_clip JSON + checkpoint")
+    vt.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "tiny-lm":
+        print(write_tiny_lm(args.out))
+    elif args.command == "tiny-vision-tower":
+        for path in write_tiny_vision_tower(args.out):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
