@@ -60,7 +60,8 @@ class ModelSection(Section):
     vision_tower: VisionTowerSection = Field(default_factory=VisionTowerSection)
     projector_type: str = Field("mlp2x_gelu", description="`linear` or `mlp{N}x_gelu`")
     pretrained_projector: Optional[Path] = Field(
-        None, description="stage 2 only: the stage-1 projector (projector.safetensors or mm_projector.bin)")
+        None, description="stage 2: the stage-1 projector to start from, e.g. runs/pretrain/projector.safetensors "
+        "(or a reference mm_projector.bin); null = a freshly initialised projector")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="attention kernel; flash_attention_2 needs the `gpu` extra")
 
@@ -200,7 +201,6 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "finetune": {
         "stage": "finetune",
-        "model": {"pretrained_projector": "runs/pretrain/projector.safetensors"},
         "data": {"train_records": "data/train.json", "image_folder": "data/images", "template": "v1"},
         "train": {"learning_rate": 1e-4, "epochs": 3, "global_batch_size": 64, "per_device_batch_size": 16},
         "lora": {"enabled": True},
