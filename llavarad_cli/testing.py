@@ -166,6 +166,29 @@ def write_tiny_lm(out_dir: Path, seed: int = SEED) -> Path:
     return out_dir
 
 
+def tiny_llavarad_model(seed: int = SEED, projector_type: str = "mlp2x_gelu"):
+    """An in-memory tiny LLaVA-Rad: ``(model, tokenizer, image_transform)``, fp32, eval mode, seeded.
+
+    The tower's weights equal those ``write_tiny_vision_tower(seed)`` writes, so checkpoints written from the
+    same seed load back into the same model.
+    """
+    import torch
+
+    from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
+    from llavarad_cli.model.projector import build_projector
+    from llavarad_cli.model.vision import VisionTower, eval_transform
+
+    lm = tiny_lm(seed)
+    tower = VisionTower(tiny_open_clip(seed).visual, select_layer=-2, image_size=TINY_IMAGE_SIZE,
+                        image_transform=eval_transform(TINY_IMAGE_SIZE), name=TINY_VISION_CONFIG_NAME)
+    torch.manual_seed(seed + 1)
+    projector = build_projector(projector_type, TINY_VIT_WIDTH, TINY_LM_HIDDEN)
+    config = LlavaRadConfig(projector_type=projector_type, mm_hidden_size=TINY_VIT_WIDTH, select_layer=-2,
+                            vision_config_name=TINY_VISION_CONFIG_NAME)
+    model = LlavaRadModel(lm, tower, projector, config).eval()
+    return model, tiny_tokenizer(), tower.image_transform
+
+
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 

@@ -1,0 +1,108 @@
+"""Finding and reading weight files: a local folder or a hub repo, safetensors or (safely) pickled.
+
+Pickled ``.bin``/``.pt`` files are read with ``torch.load(weights_only=True)``; a file that needs arbitrary code
+to unpickle is refused unless the user passes ``--trust-pickle``. A missing file is one message that names the
+file and every place looked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from llavarad_cli.errors import UserError
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def is_local(source: str | Path) -> bool:
+    """A source is local when it exists on disk or looks like a path rather than ``owner/name``."""
+    text = str(source)
+    if Path(text).expanduser().exists():
+        return True
+    return text.startswith((".", "/", "~")) or text.count("/") != 1 or os.sep == "\\" and "\\" in text
+
+
+def resolve_file(source: str | Path, filename: str, what: str, required: bool = True) -> Path | None:
+    """``filename`` inside ``source`` (a local folder or a hub repo id), downloaded/cached when a hub id.
+
+    Offline (``HF_HUB_OFFLINE=1``) only the local HF cache is consulted. Returns None when not ``required``
+    and the file does not exist.
+    """
+    if is_local(source):
+        folder = Path(source).expanduser()
+        path = folder / filename
+        if path.is_file():
+            return path
+        if not required:
+            return None
+        where = f"the folder {folder}" if folder.is_dir() else f"{folder} (no such folder)"
+        raise UserError(f"{what} `{filename}` not found: looked in {where}")
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(hf_hub_download(str(source), filename))
+    except EntryNotFoundError:
+        if not required:
+            return None
+        raise UserError(f"{what} `{filename}` not found: the hub repo {source} has no such file") from None
+    except LocalEntryNotFoundError:
+        if not required and hub_offline():
+            return None
+        mode = "offline (HF_HUB_OFFLINE=1), so only" if hub_offline() else "the hub was unreachable; looked in"
+        raise UserError(
+            f"{what} `{filename}` of {source} not found: {mode} the local Hugging Face cache "
+            f"({_cache_dir()}) was searched",
+            hint=f"download it once online, or pass a local folder instead of `{source}`") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{what}: no hub repo or local folder named `{source}`",
+                        hint="check the spelling, or log in with `hf auth login` for gated repos") from None
+
+
+def resolve_dir(source: str | Path, what: str) -> str:
+    """A Hugging Face model folder or repo id, for ``from_pretrained``; local folders must exist."""
+    if is_local(source):
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"{what} not found: no folder {folder}")
+        return str(folder)
+    return str(source)
+
+
+def _cache_dir() -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return str(HF_HUB_CACHE)
+
+
+def load_state_file(path: Path, trust_pickle: bool = False) -> Any:
+    """Read a ``.safetensors`` file, or a pickled ``.bin``/``.pt`` file with ``weights_only=True``."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if trust_pickle:
+            raise UserError(f"{path}: cannot be unpickled ({str(exc).splitlines()[0]})") from None
+        # torch's message is long and multi-line; the "Unsupported global" line names the offending class.
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
+        raise UserError(
+            f"{path}: refusing to unpickle: it needs code beyond plain tensors to load"
+            + (f" ({detail[:200]})" if detail else ""),
+            hint="pass --trust-pickle only if you trust where this file came from") from None
+    except (RuntimeError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable torch file ({str(exc).splitlines()[0][:160]})") from None
