@@ -75,7 +75,16 @@ def prepare(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing JSON files in OUT."),
 ):
     """Build training/evaluation records from MIMIC-CXR-JPG + reports, the PhysioNet annotations, or Open-I."""
-    raise NotBuiltYet("prepare")
+    from llavarad_cli.data.prepare import prepare as build, summary_table
+
+    summary = build(out, image_size=image_size, workers=workers, overwrite=overwrite, console=err_console,
+                    mimic_dir=mimic_dir, reports=reports, annotations=annotations, openi_reports=openi_reports,
+                    openi_projections=openi_projections, openi_images=openi_images, split=split)
+    console.print(summary_table(summary))
+    files = ", ".join(summary["files"] + ["prepare-summary.json"])
+    console.print(f"wrote {escape(files)} to {escape(str(out))}", highlight=False)
+    if summary["images"]["root"]:
+        console.print(f"image paths are relative to {escape(summary['images']['root'])}", highlight=False)
 
 
 # --- training -------------------------------------------------------------------------------------------------

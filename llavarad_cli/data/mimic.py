@@ -1,0 +1,136 @@
+"""MIMIC-CXR-JPG 2.0.0 + the MIMIC-CXR reports -> records (one per frontal image whose study has findings).
+
+Layout (llava-rad-facts.md §7.1-7.2): images at `files/pXX/p<subject>/s<study>/<dicom>.jpg`, one metadata row per
+image (ViewPosition), one split row per image, CheXpert labels per study, one report per study.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from llavarad_cli.data.records import Candidate, SourceResult, Skips, make_record
+from llavarad_cli.data.reports import ReportStore, UnreadableReport, default_reports
+from llavarad_cli.data.sections import ReportSections, extract_sections
+from llavarad_cli.data.tables import find_table, read_rows
+from llavarad_cli.errors import UserError
+
+FRONTAL_VIEWS = ("PA", "AP")
+SPLIT_NAMES = {"train": "train", "validate": "dev", "test": "test"}
+CHEXPERT_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
+    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+    "Pneumothorax", "Support Devices",
+)
+SKIP_REASONS = ("no_split", "not_frontal", "no_report", "unreadable_report", "empty_report", "no_findings",
+                "missing_image", "unreadable_image", "bad_row")
+
+# Ids become path parts, so they must not be able to climb out of files/.
+_NUMERIC = re.compile(r"^\d+$")
+_DICOM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _id(value: str, prefix: str) -> str:
+    """`10000032`, also accepting the `p10000032` / `s50414267` spellings some derived CSVs use."""
+    value = value.strip()
+    if value[:1] == prefix and _NUMERIC.match(value[1:]):
+        value = value[1:]
+    return value
+
+
+def image_path(subject_id: str, study_id: str, dicom_id: str) -> str:
+    return f"p{subject_id[:2]}/p{subject_id}/s{study_id}/{dicom_id}.jpg"
+
+
+def _read_splits(path: Path) -> dict[str, str]:
+    return {row["dicom_id"].strip(): row["split"].strip() for _, row in read_rows(path, ("dicom_id", "split"))}
+
+
+def _read_chexpert(path: Path) -> dict[str, dict[str, str]]:
+    labels = {}
+    for _, row in read_rows(path, ("study_id",)):
+        labels[_id(row["study_id"], "s")] = {name: row.get(name, "") for name in CHEXPERT_LABELS}
+    return labels
+
+
+def _study_text(store: ReportStore, subject_id: str, study_id: str) -> ReportSections | str:
+    """The study's sections, or the skip reason that applies to its report."""
+    try:
+        raw = store.read(subject_id, study_id)
+    except UnreadableReport:
+        return "unreadable_report"
+    if raw is None:
+        return "no_report"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unreadable_report"
+    if not text.strip():
+        return "empty_report"
+    sections = extract_sections(text)
+    return sections if sections.findings else "no_findings"
+
+
+def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
+    mimic_dir = Path(mimic_dir)
+    if not mimic_dir.is_dir():
+        raise UserError(f"{mimic_dir}: --mimic-dir is not a folder")
+    metadata_path = find_table(mimic_dir, "mimic-cxr-2.0.0-metadata")
+    split_path = find_table(mimic_dir, "mimic-cxr-2.0.0-split")
+    chexpert_path = find_table(mimic_dir, "mimic-cxr-2.0.0-chexpert", required=False)
+    reports_path = Path(reports) if reports is not None else default_reports(mimic_dir)
+    store = ReportStore(reports_path)
+
+    splits = _read_splits(split_path)
+    chexpert = _read_chexpert(chexpert_path) if chexpert_path else None
+    image_root = mimic_dir / "files"
+    skips = Skips()
+    candidates: list[Candidate] = []
+    studies: dict[str, ReportSections | str] = {}
+
+    try:
+        for line, row in read_rows(metadata_path, ("dicom_id", "subject_id", "study_id", "ViewPosition")):
+            subject_id, study_id = _id(row["subject_id"], "p"), _id(row["study_id"], "s")
+            dicom_id = row["dicom_id"].strip()
+            if not (_NUMERIC.match(subject_id) and _NUMERIC.match(study_id) and _DICOM.match(dicom_id)):
+                skips.add("bad_row", f"{metadata_path.name} line {line}")
+                continue
+            rel = image_path(subject_id, study_id, dicom_id)
+            split = SPLIT_NAMES.get(splits.get(dicom_id, ""))
+            if split is None:
+                skips.add("no_split", rel)
+                continue
+            view = row["ViewPosition"].strip().upper()
+            if view not in FRONTAL_VIEWS:
+                skips.add("not_frontal", f"{rel} ({view or 'no view'})")
+                continue
+            if study_id not in studies:
+                studies[study_id] = _study_text(store, subject_id, study_id)
+            sections = studies[study_id]
+            if isinstance(sections, str):
+                skips.add(sections, store.describe(subject_id, study_id))
+                continue
+            record = make_record(
+                id=f"{subject_id}_{study_id}_{dicom_id}", subject_id=subject_id, study_id=study_id,
+                dicom_id=dicom_id, image=rel, view=view, split=split, reason=sections.reason,
+                findings=sections.findings, impression=sections.impression, generate_method="rule-based",
+                chexpert_labels=chexpert.get(study_id) if chexpert is not None else None,
+                with_labels=chexpert is not None,
+            )
+            candidates.append(Candidate(record, image_root / rel))
+    finally:
+        store.close()
+
+    if studies and all(value == "no_report" for value in studies.values()):
+        raise UserError(f"no report found for any of the {len(studies)} studies in {reports_path}",
+                        hint="pass --reports mimic-cxr-reports.zip (or the folder it unpacks to)")
+    return SourceResult(
+        name="mimic-cxr",
+        candidates=candidates,
+        skips=skips,
+        splits=("train", "dev", "test"),
+        skip_reasons=SKIP_REASONS,
+        inputs={"mimic_dir": str(mimic_dir), "reports": str(reports_path), "metadata": metadata_path.name,
+                "split": split_path.name, "chexpert": chexpert_path.name if chexpert_path else None},
+        image_root=image_root,
+    )

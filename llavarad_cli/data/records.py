@@ -1,0 +1,134 @@
+"""The record every source produces, and the tally of what was skipped and why.
+
+A record is one frontal image with its study's findings, in the LLaVA conversation format that `pretrain`,
+`finetune` and `infer` read (reference-behaviour.md §2.1), plus the ids and sections a user wants to filter on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llavarad_cli import prompts
+
+#: Output file per split; MIMIC's `validate` split is written as dev.json, as in LLaVA-Rad's scripts.
+SPLIT_FILES = {"train": "train.json", "dev": "dev.json", "test": "test.json"}
+
+#: Every reason an input item can be skipped, with the words the summary table uses.
+SKIP_REASONS = {
+    "no_split": "no split entry",
+    "not_frontal": "lateral or unknown view",
+    "no_report": "no report",
+    "unreadable_report": "report with undecodable bytes",
+    "empty_report": "empty report",
+    "no_findings": "no findings",
+    "missing_image": "image missing on disk",
+    "unreadable_image": "unreadable image",
+    "not_rule_based": "test record not rule-based",
+    "bad_row": "malformed input row",
+    "duplicate": "duplicate record",
+}
+
+#: How many examples of each skip reason the summary names.
+EXAMPLES_PER_REASON = 5
+
+
+@dataclass
+class Skips:
+    """Counts skipped items per reason and keeps the first few distinct examples of each."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, example: str) -> None:
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}")
+        self.counts[reason] += 1
+        seen = self.examples.setdefault(reason, [])
+        if len(seen) < EXAMPLES_PER_REASON and example not in seen:
+            seen.append(example)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_json(self, reasons: tuple[str, ...]) -> dict[str, Any]:
+        """Every reason that applies to the source, zero counts included, so a clean run says so."""
+        keys = list(reasons) + [r for r in self.counts if r not in reasons]
+        return {
+            key: {"label": SKIP_REASONS[key], "count": self.counts.get(key, 0), "examples": self.examples.get(key, [])}
+            for key in keys
+        }
+
+
+def clean_text(value: Any) -> str | None:
+    """A section value as a string, or None for missing / NaN / blank."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if not isinstance(value, str):
+        return None
+    return value if value.strip() else None
+
+
+def clean_labels(labels: dict[str, Any] | None) -> dict[str, float | None] | None:
+    """CheXpert labels as floats, with NaN / empty (not mentioned) as null so the JSON stays standard."""
+    if labels is None:
+        return None
+    out: dict[str, float | None] = {}
+    for name, value in labels.items():
+        if value is None or value == "":
+            out[name] = None
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            out[name] = None
+            continue
+        out[name] = None if math.isnan(number) else number
+    return out
+
+
+def make_record(*, id: str, subject_id: str | None, study_id: str | None, dicom_id: str | None, image: str,
+                view: str, split: str, reason: str | None, findings: str, impression: str | None,
+                generate_method: str, chexpert_labels: dict | None = None, with_labels: bool = False) -> dict:
+    """One record, keys in a fixed order; the human turn comes from `prompts` (the one source of the wording)."""
+    record = {
+        "id": id,
+        "subject_id": subject_id,
+        "study_id": study_id,
+        "dicom_id": dicom_id,
+        "image": image,
+        "view": view,
+        "split": split,
+        "reason": reason,
+        "findings": findings,
+        "impression": impression,
+        "generate_method": generate_method,
+    }
+    if with_labels:
+        record["chexpert_labels"] = clean_labels(chexpert_labels)
+    record["conversations"] = prompts.conversations(reason, findings)
+    return record
+
+
+@dataclass
+class Candidate:
+    """A record that passed the text checks, and the file its image comes from (None: not checkable here)."""
+
+    record: dict
+    source_image: Path | None
+
+
+@dataclass
+class SourceResult:
+    """What a source hands to the writer: candidates in output order, skips so far, and how to describe it."""
+
+    name: str
+    candidates: list[Candidate]
+    skips: Skips
+    splits: tuple[str, ...]
+    skip_reasons: tuple[str, ...]
+    inputs: dict[str, str | None]
+    image_root: Path | None

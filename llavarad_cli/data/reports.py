@@ -1,0 +1,77 @@
+"""MIMIC-CXR free-text reports, from `mimic-cxr-reports.zip` or its unpacked `files/pXX/p<subject>/s<study>.txt` tree."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+from llavarad_cli.errors import UserError
+
+# Any prefix before the pXX/p<subject>/s<study>.txt tail is accepted: zips are sometimes re-packed with a top folder.
+_MEMBER = re.compile(r"(?:^|/)p\d\d/p(\d+)/s(\d+)\.txt$")
+
+
+class UnreadableReport(Exception):
+    """The report exists but its bytes cannot be read (damaged zip member, permissions, a folder)."""
+
+
+class ReportStore:
+    """Raw report bytes by (subject, study); decoding and sectioning are the caller's job."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._zip: zipfile.ZipFile | None = None
+        self._members: dict[str, str] = {}
+        if self.path.is_file():
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise UserError(f"{self.path}: not a readable zip file ({exc})",
+                                hint="--reports takes mimic-cxr-reports.zip or the folder it unpacks to") from None
+            for name in self._zip.namelist():
+                match = _MEMBER.search(name)
+                if match:
+                    self._members[match.group(2)] = name
+            if not self._members:
+                raise UserError(f"{self.path}: no files/pXX/p<subject>/s<study>.txt reports inside this zip")
+            self.root = None
+        elif self.path.is_dir():
+            # Accept the folder holding files/ as well as files/ itself.
+            self.root = self.path / "files" if (self.path / "files").is_dir() else self.path
+        else:
+            raise UserError(f"{self.path}: reports not found",
+                            hint="--reports takes mimic-cxr-reports.zip or the folder it unpacks to")
+
+    def describe(self, subject_id: str, study_id: str) -> str:
+        """Where the report of this study is (or would be), for the summary."""
+        rel = f"p{subject_id[:2]}/p{subject_id}/s{study_id}.txt"
+        return f"{self.path.name}:{rel}" if self._zip is not None else rel
+
+    def read(self, subject_id: str, study_id: str) -> bytes | None:
+        """The report's bytes, None when there is none; UnreadableReport when it is there but cannot be read."""
+        if self._zip is not None:
+            name = self._members.get(study_id)
+            if name is None:
+                return None
+            try:
+                return self._zip.read(name)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise UnreadableReport(str(exc)) from None
+        path = self.root / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}.txt"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise UnreadableReport(exc.strerror or str(exc)) from None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def default_reports(mimic_dir: Path) -> Path:
+    """The zip inside --mimic-dir if it is there, else the tree (reports unpacked next to the study folders)."""
+    zipped = mimic_dir / "mimic-cxr-reports.zip"
+    return zipped if zipped.is_file() else mimic_dir

@@ -1,0 +1,44 @@
+"""Reading the CSV tables the datasets ship (plain or gzipped), with one-line errors for the wrong file."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from pathlib import Path
+from typing import Iterator
+
+from llavarad_cli.errors import UserError
+
+
+def find_table(folder: Path, stem: str, required: bool = True) -> Path | None:
+    """`stem.csv.gz` or `stem.csv` inside folder (the gzipped form is what PhysioNet ships)."""
+    for name in (f"{stem}.csv.gz", f"{stem}.csv"):
+        path = folder / name
+        if path.is_file():
+            return path
+    if required:
+        raise UserError(f"{folder}: neither {stem}.csv.gz nor {stem}.csv found",
+                        hint="--mimic-dir must be the MIMIC-CXR-JPG 2.0.0 root (the folder holding files/ and the CSVs)")
+    return None
+
+
+def read_rows(path: Path, required_columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line number, row) for each data row; a missing column or a broken file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+            reader = csv.DictReader(text)
+            header = reader.fieldnames or []
+            missing = [c for c in required_columns if c not in header]
+            if missing:
+                raise UserError(f"{path}: missing column(s) {', '.join(missing)}",
+                                hint=f"found columns: {', '.join(header) or 'none'}")
+            for row in reader:
+                yield reader.line_num, {k: (v or "") for k, v in row.items() if k is not None}
+    except (OSError, EOFError, csv.Error) as exc:
+        raise UserError(f"{path}: cannot read this CSV ({exc})") from None
