@@ -1,0 +1,71 @@
+"""Where the model-based metrics get their files: a local path, else the Hugging Face hub (or its cache).
+
+When neither works the metric is skipped, never faked: ``MetricSkipped`` carries the exact file that is needed and
+how to provide it, and the other metrics still run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SCORERS_REPO = "StanfordAIMI/RRG_scorers"
+#: The hub revision LLaVA-Rad pinned for radgraph.tar.gz.
+RADGRAPH_REVISION = "d97745aa136e5beb927da7e768e99de6ae807902"
+CHEXBERT_TOKENIZER = "bert-base-uncased"
+
+
+class MetricSkipped(Exception):
+    """A metric cannot run here; the message says what file it needs and how to provide it."""
+
+
+def hub_file(filename: str, revision: str | None, flag: str) -> Path:
+    """A file from StanfordAIMI/RRG_scorers via the hub cache (honours HF_HUB_OFFLINE)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(SCORERS_REPO, filename, revision=revision))
+    except Exception as exc:  # offline, no cache, gated, network down: all mean "not available here"
+        pin = f" --revision {revision}" if revision else ""
+        raise MetricSkipped(
+            f"needs {filename} from {SCORERS_REPO} and could not get it ({type(exc).__name__}); download it with "
+            f"`hf download {SCORERS_REPO} {filename}{pin} --local-dir DIR` and pass {flag} DIR/{filename}"
+        ) from None
+
+
+def chexbert_weights(local: Path | None) -> Path:
+    if local is not None:
+        local = Path(local)
+        if local.is_dir():
+            local = local / "chexbert.pth"
+        if not local.is_file():
+            raise MetricSkipped(f"--chexbert-weights {local}: file not found (needs chexbert.pth from {SCORERS_REPO})")
+        return local
+    return hub_file("chexbert.pth", None, "--chexbert-weights")
+
+
+def chexbert_tokenizer(source: str | None):
+    """The bert-base-uncased WordPiece tokenizer, from a local folder or the hub id."""
+    from transformers import AutoTokenizer
+
+    source = source or CHEXBERT_TOKENIZER
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise MetricSkipped(
+            f"needs the {CHEXBERT_TOKENIZER} tokenizer (vocab.txt) and could not load {source!r} "
+            f"({type(exc).__name__}); save it with `hf download {CHEXBERT_TOKENIZER} vocab.txt tokenizer_config.json "
+            f"--local-dir DIR` and pass --chexbert-tokenizer DIR"
+        ) from None
+
+
+def radgraph_archive(local: Path | None) -> Path:
+    """radgraph.tar.gz, or a folder holding it or its unpacked contents (config.json, weights.th, vocabulary/)."""
+    if local is not None:
+        local = Path(local)
+        if local.is_dir() and (local / "radgraph.tar.gz").is_file():
+            return local / "radgraph.tar.gz"
+        if local.is_file() or (local.is_dir() and (local / "weights.th").is_file()):
+            return local
+        raise MetricSkipped(f"--radgraph-weights {local}: needs radgraph.tar.gz from {SCORERS_REPO} "
+                            f"(revision {RADGRAPH_REVISION}) or its unpacked folder")
+    return hub_file("radgraph.tar.gz", RADGRAPH_REVISION, "--radgraph-weights")

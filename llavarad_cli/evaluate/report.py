@@ -1,0 +1,134 @@
+"""Writing the results: metrics.json, main.csv, breakdown_n/p.csv, per_report.jsonl, the console table, the plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from importlib import metadata
+from pathlib import Path
+
+from llavarad_cli.evaluate.conventions import CONVENTIONS
+from llavarad_cli.evaluate.labels import CONDITIONS
+from llavarad_cli.evaluate.runner import EvalResult
+from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
+
+#: The column order of the reference's main.csv, then what it did not have.
+MAIN_ORDER = ["BLEU-1", "BLEU-4", "ROUGE-L", "Micro-F1-14", "Macro-F1-14", "Micro-F1-5", "Macro-F1-5",
+              "Micro-F1-14+", "Macro-F1-14+", "Micro-F1-5+", "Macro-F1-5+", "F1-RadGraph", "ROUGE-2",
+              "CheXprompt-significant", "CheXprompt-total"]
+PACKAGES = ["llavarad", "sacrebleu", "rouge-score", "scikit-learn", "numpy", "torch", "transformers", "radgraph"]
+
+
+def ordered_scores(result: EvalResult):
+    rank = {name: i for i, name in enumerate(MAIN_ORDER)}
+    return sorted(result.scores, key=lambda s: rank.get(s.name, len(rank)))
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def metrics_json(result: EvalResult, preds: Path, options) -> dict:
+    return {
+        "predictions": str(preds),
+        "n": result.n,
+        "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "confidence": 0.95},
+        "metrics": {s.name: {"value": s.value, "ci_low": s.ci.low if s.ci else None,
+                             "ci_high": s.ci.high if s.ci else None, "n": s.n} for s in ordered_scores(result)},
+        "skipped": result.skipped,
+        **result.extra,
+        "conventions": CONVENTIONS,
+        "versions": package_versions(),
+    }
+
+
+def main_csv(result: EvalResult) -> str:
+    scores = ordered_scores(result)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["", *[s.name for s in scores]])
+    writer.writerow(["value", *[repr(s.value) for s in scores]])
+    writer.writerow(["ci_low", *[repr(s.ci.low) if s.ci else "" for s in scores]])
+    writer.writerow(["ci_high", *[repr(s.ci.high) if s.ci else "" for s in scores]])
+    return buf.getvalue()
+
+
+def breakdown_csv(report: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["", "f1-score", "precision", "recall", "support"])
+    for row in sorted(CONDITIONS) + ["micro avg", "macro avg"]:
+        r = report[row]
+        writer.writerow([row, repr(r["f1-score"]), repr(r["precision"]), repr(r["recall"]), repr(r["support"])])
+    return buf.getvalue()
+
+
+def write_outputs(result: EvalResult, out: Path, preds: Path, options, plot: bool = False) -> list[Path]:
+    out = Path(out)
+    written = []
+    atomic_write_json(out / "metrics.json", metrics_json(result, preds, options))
+    atomic_write_text(out / "main.csv", main_csv(result))
+    written += [out / "metrics.json", out / "main.csv"]
+    for key in ("n", "p"):
+        if key in result.breakdowns:
+            atomic_write_text(out / f"breakdown_{key}.csv", breakdown_csv(result.breakdowns[key]))
+            written.append(out / f"breakdown_{key}.csv")
+    atomic_write_text(out / "per_report.jsonl",
+                      "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.per_report))
+    written.append(out / "per_report.jsonl")
+    if plot and result.breakdowns:
+        written.append(plot_breakdown(result.breakdowns, out / "per_observation_f1.png"))
+    return written
+
+
+def plot_breakdown(breakdowns: dict, path: Path) -> Path:
+    """Horizontal bars of per-observation F1, uncertain as negative and as positive side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = sorted(CONDITIONS)
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    for offset, key, label in ((-0.2, "n", "uncertain = negative"), (0.2, "p", "uncertain = positive (+)")):
+        if key in breakdowns:
+            ax.barh(y + offset, [breakdowns[key][c]["f1-score"] for c in names], height=0.4, label=label)
+    ax.set_yticks(y, [f"{c} (n={int(breakdowns['n'][c]['support'])})" for c in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1 (CheXbert labels of prediction vs reference)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    from llavarad_cli.io_utils import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def console_table(result: EvalResult, title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    table.add_column("n", justify="right")
+    for s in ordered_scores(result):
+        digits = 2 if s.name.startswith("BLEU") or s.name.startswith("CheXprompt") else 4
+        ci = f"{s.ci.low:.{digits}f} - {s.ci.high:.{digits}f}" if s.ci else "-"
+        table.add_row(s.name, f"{s.value:.{digits}f}", ci, str(s.n))
+    for name, reason in result.skipped.items():
+        table.add_row(name, "[yellow]skipped[/]", "", "")
+    return table
