@@ -22,7 +22,7 @@ SKIP_REASONS = {
     "no_split": "no split entry",
     "not_frontal": "lateral or unknown view",
     "no_report": "no report",
-    "unreadable_report": "report with undecodable bytes",
+    "unreadable_report": "unreadable report",
     "empty_report": "empty report",
     "no_findings": "no findings",
     "missing_image": "image missing on disk",
