@@ -180,13 +180,76 @@ def tiny_llavarad_model(seed: int = SEED, projector_type: str = "mlp2x_gelu"):
 
     lm = tiny_lm(seed)
     tower = VisionTower(tiny_open_clip(seed).visual, select_layer=-2, image_size=TINY_IMAGE_SIZE,
-                        image_transform=eval_transform(TINY_IMAGE_SIZE), name=TINY_VISION_CONFIG_NAME)
+                        image_transform=eval_transform(TINY_IMAGE_SIZE), name=TINY_VISION_CONFIG_NAME,
+                        open_clip_config=tiny_vision_config())
     torch.manual_seed(seed + 1)
     projector = build_projector(projector_type, TINY_VIT_WIDTH, TINY_LM_HIDDEN)
     config = LlavaRadConfig(projector_type=projector_type, mm_hidden_size=TINY_VIT_WIDTH, select_layer=-2,
                             vision_config_name=TINY_VISION_CONFIG_NAME)
     model = LlavaRadModel(lm, tower, projector, config).eval()
     return model, tiny_tokenizer(), tower.image_transform
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_lora_model(seed: int = SEED):
+    """``tiny_llavarad_model`` with a PEFT LoRA (r 4, alpha 8, all seven projections, like LLaVA-Rad's r 64 /
+    alpha 128) whose B matrices are random, so merging it really changes the LM. Returns (model, tokenizer)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer, _ = tiny_llavarad_model(seed)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, target_modules=LORA_TARGETS, bias="none",
+                        task_type="CAUSAL_LM")
+    model.lm = get_peft_model(model.lm, config)
+    generator = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for name, param in model.lm.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    model.eval()
+    return model, tokenizer
+
+
+def write_tiny_checkpoint(out_dir: Path, layout: str = "native", seed: int = SEED):
+    """Write a tiny random model in the ``released`` (microsoft/llava-rad) or ``native`` (llavarad) layout.
+
+    The base LM goes to ``OUT/base`` (pass it as ``--model-base`` for the released layout; the native layout
+    records it). Returns the in-memory model (LoRA unmerged) whose outputs the loaded checkpoint reproduces.
+    """
+    import torch
+    from peft import get_peft_model_state_dict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = tiny_lora_model(seed)
+    write_tiny_lm(out_dir / "base", seed)
+    if layout == "native":
+        from llavarad_cli.model.checkpoint import save_native_checkpoint
+
+        save_native_checkpoint(out_dir, model, base="base", extra={"made_by": "llavarad_cli.testing"})
+        return model
+    if layout != "released":
+        raise ValueError("layout must be released or native")
+    lm_config = tiny_llama_config().to_dict()
+    config = {**lm_config, "model_type": "llava", "architectures": ["LlamaForCausalLM"],
+              "mm_vision_tower": "biomedclip_cxr_518",
+              "mm_vision_tower_config": f"/train/time/path/{TINY_VISION_CONFIG_NAME}.json",
+              "mm_vision_tower_checkpoint": f"{TINY_VISION_CONFIG_NAME}_checkpoint.pt",
+              "mm_projector_type": model.config.projector_type, "mm_hidden_size": TINY_VIT_WIDTH,
+              "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "square",
+              "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "use_mm_proj": True,
+              "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False, "image_grid_pinpoints": None,
+              "use_cache": True}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    model.lm.peft_config["default"].save_pretrained(str(out_dir))
+    # PEFT 0.4 naming and pickled .bin files, as in the released repo.
+    torch.save(get_peft_model_state_dict(model.lm), out_dir / "adapter_model.bin")
+    projector = {f"base_model.model.model.mm_projector.{k}": v for k, v in model.projector.state_dict().items()}
+    torch.save(projector, out_dir / "non_lora_trainables.bin")
+    write_tiny_vision_tower(out_dir, seed)
+    return model
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -199,12 +262,21 @@ def _main(argv: list[str] | None = None) -> int:
     lm.add_argument("out", type=Path)
     vt = sub.add_parser("tiny-vision-tower", help="a tiny BiomedCLIP-shaped open_clip JSON + checkpoint")
     vt.add_argument("out", type=Path)
+    ck = sub.add_parser("tiny-checkpoint", help="a tiny random LLaVA-Rad in the released or native layout "
+                        "(base LM in OUT/base)")
+    ck.add_argument("out", type=Path)
+    ck.add_argument("--layout", choices=["released", "native"], default="native")
+    ck.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
     if args.command == "tiny-lm":
         print(write_tiny_lm(args.out))
     elif args.command == "tiny-vision-tower":
         for path in write_tiny_vision_tower(args.out):
             print(path)
+    elif args.command == "tiny-checkpoint":
+        write_tiny_checkpoint(args.out, args.layout, args.seed)
+        base = f" --model-base {args.out / 'base'}" if args.layout == "released" else ""
+        print(f"{args.out}  (use: llavarad infer --model {args.out}{base} --device cpu ...)")
     return 0
 
 

@@ -63,8 +63,10 @@ class VisionTower(nn.Module):
     """Frozen timm ViT trunk returning ``[B, num_patches, hidden]`` patch features."""
 
     def __init__(self, visual: nn.Module, select_layer: int, image_size: int, image_transform: Callable,
-                 name: str = ""):
+                 name: str = "", open_clip_config: dict[str, Any] | None = None):
         super().__init__()
+        #: The open_clip JSON it was built from, so a checkpoint can carry it along.
+        self.open_clip_config = open_clip_config
         self.trunk = visual.trunk
         self.select_layer = select_layer
         self.image_size = image_size
@@ -141,4 +143,4 @@ def build_vision_tower(config_path: Path, checkpoint_path: Path | None = None, s
     image_size = vision_cfg.get("image_size", 224)
     image_size = int(image_size if isinstance(image_size, int) else image_size[0])
     return VisionTower(visual, select_layer, image_size, eval_transform(image_size),
-                       name=Path(config_path).stem)
+                       name=Path(config_path).stem, open_clip_config=config)

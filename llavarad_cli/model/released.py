@@ -1,0 +1,117 @@
+"""Loading the released ``microsoft/llava-rad`` layout, as the reference builder does (reference-behaviour.md §4).
+
+Files: ``config.json`` (``model_type: "llava"``, read as plain JSON: registering it with AutoConfig collides with
+transformers' own LLaVA), ``adapter_config.json`` + ``adapter_model.bin`` (LoRA, merged into the base),
+``non_lora_trainables.bin`` (the projector), ``biomedclipcxr_518.json`` + ``biomedclipcxr_518_checkpoint.pt``
+(the vision tower), and the base LM from ``--model-base``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llavarad_cli.errors import UserError
+from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
+from llavarad_cli.model.loading import (load_lm, load_projector_weights, load_tokenizer, projector_state_from)
+from llavarad_cli.model.projector import build_projector
+from llavarad_cli.model.vision import build_vision_tower
+from llavarad_cli.model.weights import load_state_file, resolve_file
+
+#: The name the reference falls back to when the configured tower JSON path does not exist.
+RELEASED_TOWER_CONFIG = "biomedclipcxr_518.json"
+RELEASED_TOWER_CHECKPOINT = "biomedclipcxr_518_checkpoint.pt"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+DEFAULT_BASE = "lmsys/vicuna-7b-v1.5"
+
+
+def read_released_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or "mm_projector_type" not in config:
+        raise UserError(f"{path}: not a LLaVA(-Rad) config (no mm_projector_type)",
+                        hint="--model must be the released llava-rad layout or a llavarad checkpoint")
+    return config
+
+
+def _tower_file(model: str, configured: str | None, default: str, what: str) -> Path:
+    """The tower files are looked up by bare filename in the model repo/folder (the config holds a
+    training-time path), falling back to the released name, as the reference does."""
+    names = [Path(configured).name] if configured else []
+    names += [default] if default not in names else []
+    for name in names[:-1]:
+        found = resolve_file(model, name, what, required=False)
+        if found is not None:
+            return found
+    return resolve_file(model, names[-1], what)
+
+
+def load_released(model: str, model_base: str | None, device: torch.device, dtype: torch.dtype,
+                  attn_implementation: str = "sdpa", trust_pickle: bool = False):
+    """``(LlavaRadModel, tokenizer)`` from the released LoRA layout plus its base LM."""
+    config_path = resolve_file(model, "config.json", "LLaVA-Rad config")
+    config = read_released_config(config_path)
+    model_base = model_base or DEFAULT_BASE
+    if config.get("mm_use_im_start_end") or config.get("mm_use_im_patch_token"):
+        raise UserError(f"{config_path}: mm_use_im_start_end / mm_use_im_patch_token are not supported "
+                        "(LLaVA-Rad uses neither)")
+    if config.get("mm_vision_select_feature", "patch") != "patch":
+        raise UserError(f"{config_path}: only mm_vision_select_feature=patch is supported")
+
+    projector_file = resolve_file(model, "non_lora_trainables.bin", "projector weights")
+    adapter_config = resolve_file(model, "adapter_config.json", "LoRA adapter config")
+    adapter_file = (resolve_file(model, ADAPTER_FILES[0], "LoRA adapter weights", required=False)
+                    or resolve_file(model, ADAPTER_FILES[1], "LoRA adapter weights"))
+    tower_config = _tower_file(model, config.get("mm_vision_tower_config"), RELEASED_TOWER_CONFIG,
+                               "vision tower config")
+    tower_ckpt = _tower_file(model, config.get("mm_vision_tower_checkpoint"), RELEASED_TOWER_CHECKPOINT,
+                             "vision tower checkpoint")
+
+    tokenizer = load_tokenizer(model_base)
+    lm = load_lm(model_base, dtype, device, attn_implementation)
+    lm = merge_lora(lm, adapter_config, adapter_file, trust_pickle)
+
+    tower = build_vision_tower(tower_config, tower_ckpt, select_layer=int(config.get("mm_vision_select_layer", -2)),
+                               trust_pickle=trust_pickle)
+    mm_hidden = int(config.get("mm_hidden_size", tower.hidden_size))
+    if mm_hidden != tower.hidden_size:
+        raise UserError(f"{config_path}: mm_hidden_size {mm_hidden} but the vision tower gives {tower.hidden_size}")
+    projector = build_projector(config["mm_projector_type"], mm_hidden, lm.config.hidden_size)
+    state = projector_state_from(load_state_file(projector_file, trust_pickle), str(projector_file))
+    load_projector_weights(projector, state, str(projector_file))
+
+    llava_config = LlavaRadConfig(projector_type=config["mm_projector_type"], mm_hidden_size=mm_hidden,
+                                  select_layer=tower.select_layer, vision_config_name=tower.name, template="v1",
+                                  extra={"source": str(model), "layout": "released"})
+    result = LlavaRadModel(lm, tower.to(device=device, dtype=dtype), projector.to(device=device, dtype=dtype),
+                           llava_config).eval()
+    return result, tokenizer
+
+
+def merge_lora(lm, adapter_config: Path, adapter_file: Path, trust_pickle: bool = False):
+    """Attach the LoRA adapter and merge it into the base weights (W += alpha/r * B A), like the reference.
+
+    The weights are read by us (safetensors, or ``weights_only`` pickle) rather than by PEFT, so the
+    ``--trust-pickle`` rule holds for the adapter too.
+    """
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+
+    peft_config = PeftConfig.from_pretrained(str(adapter_config.parent))
+    peft_config.inference_mode = True
+    state = load_state_file(adapter_file, trust_pickle)
+    if not any("lora_" in k for k in state):
+        raise UserError(f"{adapter_file}: holds no LoRA weights")
+    peft_model = get_peft_model(lm, peft_config)
+    result = set_peft_model_state_dict(peft_model, state)
+    missing_lora = [k for k in result.missing_keys if "lora_" in k] + list(result.unexpected_keys)
+    if missing_lora:
+        raise UserError(f"{adapter_file}: does not fit the base LM ({len(missing_lora)} LoRA weights missing or unexpected, "
+                        f"e.g. {missing_lora[0]})", hint="is --model-base the LM this adapter was trained on?")
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    return merged
