@@ -134,10 +134,10 @@ def prepare(out: Path, *, image_size: int | None = None, workers: int | None = N
     out = Path(out)
     console = console or Console(stderr=True)
     check_output(out, overwrite)
+    images_given = source_options.get("mimic_dir") is not None or source_options.get("openi_images") is not None
+    if image_size is not None and not images_given:
+        raise UserError("--image-size needs the images", hint="give --mimic-dir (with --annotations) or --openi-images")
     source = load_source(**source_options)
-    if image_size is not None and source.image_root is None:
-        raise UserError("--image-size needs the images",
-                        hint="give --mimic-dir (with --annotations) or --openi-images")
     out.mkdir(parents=True, exist_ok=True)
     records, image_counts = process_images(source.candidates, source, out, image_size,
                                            workers or default_workers(), console)

@@ -1,0 +1,98 @@
+"""`llavarad prepare` on the real Open-I (Indiana University) CSVs and images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from llavarad_cli.cli import app
+from llavarad_cli.data.openi import openi_stem
+
+UID7 = {
+    "id": "CXR7_IM-2263-1001",
+    "subject_id": None,
+    "study_id": "7",
+    "dicom_id": "CXR7_IM-2263-1001",
+    "image": "CXR7_IM-2263-1001.png",
+    "view": "Frontal",
+    "split": "test",
+    "reason": "Preop lumbar surgery",
+    "findings": "The cardiac contours are normal. XXXX basilar atelectasis. The lungs are clear. Thoracic "
+                "spondylosis. Lower cervical XXXX arthritis.",
+    "impression": "Basilar atelectasis. No confluent lobar consolidation or pleural effusion.",
+    "generate_method": "rule-based",
+    "conversations": [
+        {"from": "human", "value": "<image>\nProvide a description of the findings in the radiology image given "
+                                   "the following indication: Preop lumbar surgery"},
+        {"from": "gpt", "value": "The cardiac contours are normal. XXXX basilar atelectasis. The lungs are clear. "
+                                 "Thoracic spondylosis. Lower cervical XXXX arthritis."},
+    ],
+}
+
+
+def _openi_args(data_dir):
+    return ["prepare", "--openi-reports", str(data_dir / "openi" / "indiana_reports.csv"),
+            "--openi-projections", str(data_dir / "openi" / "indiana_projections.csv")]
+
+
+def test_all_real_reports_without_images(data_dir, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [*_openi_args(data_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "test.json").read_text())
+    summary = json.loads((out / "prepare-summary.json").read_text())
+    # 7,466 images: 3,648 lateral, 3,818 frontal of which 511 belong to studies with an empty findings field.
+    assert len(records) == 3307 == summary["records"]["test"]
+    counts = {key: value["count"] for key, value in summary["skipped"].items()}
+    assert counts == {"not_frontal": 3648, "no_report": 0, "no_findings": 511, "missing_image": 0,
+                      "unreadable_image": 0, "bad_row": 0}
+    assert summary["skipped"]["no_findings"]["examples"][0] == "uid 3"
+    assert summary["images"]["not_checked"] == 3307
+    assert not (out / "train.json").exists()
+    assert len({r["id"] for r in records}) == len(records)
+    assert next(r for r in records if r["study_id"] == "7") == UID7
+    # uid 1 has an indication; every record's prompt is one of the two exact wordings.
+    for record in records:
+        human = record["conversations"][0]["value"]
+        if record["reason"] is None:
+            assert human == "<image>\nProvide a description of the findings in the radiology image."
+        else:
+            assert human == ("<image>\nProvide a description of the findings in the radiology image given the "
+                             f"following indication: {record['reason']}")
+        assert record["conversations"][1]["value"] == record["findings"]
+
+
+def test_with_real_images_in_kaggle_names_and_resized(data_dir, tmp_path):
+    # The Kaggle download names images 7_IM-2263-1001.dcm.png inside a sub-folder.
+    images = tmp_path / "images" / "images_normalized"
+    images.mkdir(parents=True)
+    for name in ("CXR3_IM-1384-1001.png", "CXR7_IM-2263-1001.png", "CXR7_IM-2263-2001.png"):
+        shutil.copy(data_dir / "cxr-images" / "iu" / name, images / (name[3:].replace(".png", ".dcm.png")))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [*_openi_args(data_dir), "--openi-images", str(tmp_path / "images"),
+                                      "--image-size", "256", "--split", "dev", "--workers", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "dev.json").read_text())
+    assert [r["id"] for r in records] == ["CXR7_IM-2263-1001"]
+    assert records[0]["image"] == "images_normalized/7_IM-2263-1001.dcm.jpg"
+    assert records[0]["split"] == "dev"
+    with Image.open(out / "images" / records[0]["image"]) as image:
+        assert image.size == (256, 256) and image.format == "JPEG"
+    summary = json.loads((out / "prepare-summary.json").read_text())
+    # Every other frontal image with findings is not in the folder: counted, not fatal.
+    assert summary["skipped"]["missing_image"]["count"] == 3306
+    assert summary["images"]["written"] == 1
+
+
+def test_open_i_names():
+    assert openi_stem("7_IM-2263-1001.dcm.png") == "CXR7_IM-2263-1001"
+    assert openi_stem("CXR7_IM-2263-1001.png") == "CXR7_IM-2263-1001"
+    assert openi_stem("notes.txt") is None
+
+
+def test_bad_split_is_a_user_error(data_dir, tmp_path):
+    result = CliRunner().invoke(app, [*_openi_args(data_dir), "--split", "validation", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--split 'validation'" in result.output
