@@ -1,0 +1,132 @@
+"""Assemble the model a training stage needs from the spec: LM, tower, projector, LoRA, what trains.
+
+Order matters (reference-behaviour.md §3.2, §7.6): LoRA is attached to the LM alone, so it can never reach
+the projector, the vision tower or ``lm_head``; the projector and LoRA initialisations are seeded (the
+reference's were not).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llavarad_cli.errors import UserError
+from llavarad_cli.specs import RunSpec
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return getattr(torch, DTYPES[precision])
+
+
+def worker_device():
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def tower_files(spec: RunSpec) -> tuple[Path, Path | None]:
+    """The vision tower's open_clip JSON and checkpoint: given in the spec, or the released ones."""
+    from llavarad_cli.model.released import RELEASED_TOWER_CHECKPOINT, RELEASED_TOWER_CONFIG
+    from llavarad_cli.model.weights import resolve_file
+
+    vt = spec.model.vision_tower
+    config = vt.config or resolve_file(vt.released_from, RELEASED_TOWER_CONFIG, "vision tower config")
+    checkpoint = vt.checkpoint
+    if checkpoint is None and vt.config is None:
+        checkpoint = resolve_file(vt.released_from, RELEASED_TOWER_CHECKPOINT, "vision tower checkpoint")
+    return Path(config), (Path(checkpoint) if checkpoint else None)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The reference pads with unk (pad := unk for every template but v0); pads are masked anyway."""
+    for value in (tokenizer.pad_token_id, tokenizer.unk_token_id, 0):
+        if value is not None:
+            return int(value)
+    return 0  # pragma: no cover
+
+
+def linear_layer_names(lm) -> list[str]:
+    """Last name component of every ``nn.Linear`` of the LM except ``lm_head`` (q/k/v/o/gate/up/down_proj)."""
+    from torch import nn
+
+    names = {name.rsplit(".", 1)[-1] for name, module in lm.named_modules() if isinstance(module, nn.Linear)}
+    output = lm.get_output_embeddings()
+    for name, module in lm.named_modules():
+        if module is output:
+            names.discard(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def load_stage1_projector(projector, path: Path) -> None:
+    """A stage-1 projector: our ``projector.safetensors`` or the reference's ``mm_projector.bin`` (strict)."""
+    from llavarad_cli.model.loading import load_projector_weights, projector_state_from
+    from llavarad_cli.model.weights import load_state_file
+
+    load_projector_weights(projector, projector_state_from(load_state_file(Path(path)), str(path)), str(path))
+
+
+def build_training_model(spec: RunSpec):
+    """(LlavaRadModel with only the stage's trainable parameters requiring grad, tokenizer)."""
+    import torch
+
+    from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
+    from llavarad_cli.model.loading import load_lm, load_tokenizer
+    from llavarad_cli.model.projector import build_projector
+    from llavarad_cli.model.vision import build_vision_tower
+
+    dtype = torch_dtype(spec.train.precision)
+    tokenizer = load_tokenizer(spec.model.base)
+    tokenizer.padding_side = "right"
+    lm = load_lm(spec.model.base, dtype, worker_device(), spec.model.attn_implementation)
+    lm.config.use_cache = False
+    lm.requires_grad_(False)
+
+    config_path, checkpoint_path = tower_files(spec)
+    tower = build_vision_tower(config_path, checkpoint_path, select_layer=spec.model.vision_tower.select_layer)
+    tower.to(dtype)
+
+    torch.manual_seed(spec.train.seed)
+    projector = build_projector(spec.model.projector_type, tower.hidden_size, lm.config.hidden_size)
+    if spec.model.pretrained_projector is not None:
+        load_stage1_projector(projector, spec.model.pretrained_projector)
+    projector.to(dtype)
+    projector.requires_grad_(True)
+
+    if spec.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        targets = spec.lora.target_modules
+        if targets == "all-linear":
+            targets = linear_layer_names(lm)
+        torch.manual_seed(spec.train.seed + 1)
+        lm = get_peft_model(lm, LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                                           bias="none", task_type="CAUSAL_LM", target_modules=targets))
+    if spec.train.gradient_checkpointing:
+        # Non-reentrant checkpointing gives grads to the projector through a frozen LM without the
+        # enable_input_require_grads hook the reference needed.
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    llava_config = LlavaRadConfig(projector_type=spec.model.projector_type, mm_hidden_size=tower.hidden_size,
+                                  select_layer=spec.model.vision_tower.select_layer,
+                                  vision_config_name=config_path.stem, template=spec.data.template)
+    model = LlavaRadModel(lm, tower, projector, llava_config)
+    return model, tokenizer
+
+
+def parameter_groups(model, spec: RunSpec) -> list[dict]:
+    """AdamW groups: the projector (optionally its own LR) and the adapters; only parameters that train."""
+    projector = [p for p in model.projector.parameters() if p.requires_grad]
+    ids = {id(p) for p in projector}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": projector, "lr": spec.train.projector_learning_rate or spec.train.learning_rate,
+               "name": "projector"}]
+    if others:
+        groups.append({"params": others, "lr": spec.train.learning_rate, "name": "lora"})
+    return groups

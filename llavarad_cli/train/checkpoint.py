@@ -1,0 +1,169 @@
+"""Resumable training checkpoints: complete, atomic, rotated.
+
+Layout of ``OUT/checkpoint-<step>/``::
+
+    deepspeed/            engine state: trainable weights, ZeRO optimizer partitions, LR scheduler
+    rng/rank<r>.pt        python / numpy / torch (CPU and CUDA) RNG states of every rank
+    trainer_state.json    global step, data position, world size, skip counters
+    weights/              the trainable weights in the toolkit's native layout (usable by `llavarad infer`)
+    COMPLETE              written last
+
+Everything is written into ``OUT/.checkpoint-<step>.tmp`` first; rank 0 writes ``COMPLETE`` and then renames
+the folder. A save killed half-way leaves only a ``.tmp`` folder (deleted on the next start) or a folder with
+no marker, which :func:`latest_checkpoint` never picks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from llavarad_cli.errors import UserError
+from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
+
+MARKER = "COMPLETE"
+_NAME = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / f"checkpoint-{step}"
+
+
+def complete_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first."""
+    found = []
+    for path in Path(out_dir).glob("checkpoint-*"):
+        match = _NAME.fullmatch(path.name)
+        if match and path.is_dir() and (path / MARKER).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = complete_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def remove_partial(out_dir: Path) -> list[Path]:
+    """Delete leftovers of killed saves (``.tmp`` folders, checkpoint folders without the marker)."""
+    removed = []
+    for path in list(Path(out_dir).glob(".checkpoint-*.tmp")) + list(Path(out_dir).glob("checkpoint-*")):
+        if path.is_dir() and not (path / MARKER).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def rotate(out_dir: Path, keep: int) -> list[Path]:
+    """Keep the newest ``keep`` complete checkpoints (``save_total_limit``); return the deleted ones."""
+    found = complete_checkpoints(out_dir)
+    doomed = [path for _, path in found[:-keep]] if keep > 0 else []
+    for path in doomed:
+        # Remove the marker first: a folder half-deleted by a kill is then never taken for a checkpoint.
+        (path / MARKER).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+# --- RNG states ---------------------------------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step touches, as tensors and ints only (loads with ``weights_only=True``)."""
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(_as_tuple(state["python"]))
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# --- save / load --------------------------------------------------------------------------------------------------
+
+def save(engine, out_dir: Path, step: int, trainer_state: dict, rank: int, save_weights: Callable[[Path], None],
+         keep: int, barrier: Callable[[], None]) -> Path:
+    """Write checkpoint-<step> from every rank (collective: all ranks must call it)."""
+    import torch
+
+    out_dir = Path(out_dir)
+    tmp = out_dir / f".checkpoint-{step}.tmp"
+    final = checkpoint_dir(out_dir, step)
+    if rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)
+    barrier()
+    # Only trainable tensors: the frozen 7B LM is read from `model.base` again on resume.
+    engine.save_checkpoint(str(tmp), tag="deepspeed", save_latest=False, exclude_frozen_parameters=True)
+    (tmp / "rng").mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(), tmp / "rng" / f"rank{rank}.pt")
+    if rank == 0:
+        save_weights(tmp / "weights")
+        atomic_write_json(tmp / "trainer_state.json", trainer_state)
+    barrier()
+    if rank == 0:
+        atomic_write_text(tmp / MARKER, f"step {step}\n")
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (a rerun after the end): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(out_dir)
+        rotate(out_dir, keep)
+    barrier()
+    return final
+
+
+def load(engine, path: Path, rank: int, world_size: int) -> dict:
+    """Restore engine, optimizer, scheduler and this rank's RNG from a complete checkpoint."""
+    import torch
+
+    path = Path(path)
+    state = json.loads((path / "trainer_state.json").read_text())
+    if state.get("world_size") != world_size:
+        raise UserError(f"{path} was written by {state.get('world_size')} workers, this run has {world_size}",
+                        hint="resume with the same number of GPUs/workers, or start in a new output.dir")
+    load_path, _ = engine.load_checkpoint(str(path), tag="deepspeed", load_module_strict=False,
+                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+    if load_path is None:
+        raise UserError(f"{path}: DeepSpeed could not load this checkpoint", hint="delete it to resume from an older one")
+    set_rng_state(torch.load(path / "rng" / f"rank{rank}.pt", weights_only=True))
+    return state
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,194 @@
+"""Training data: records -> (ids, labels, pixels) in DataLoader workers, a resumable sampler, the collator.
+
+Records are read once (a JSON list written by ``llavarad prepare``); tokenisation, image reading and the
+vision transform happen per item, inside DataLoader workers. A record that cannot be used (unreadable image,
+mask mismatch, no findings) is dropped from its batch and counted, never replaced by a grey square or a
+zeroed loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from llavarad_cli.errors import UserError
+from llavarad_cli.io_utils import read_json
+from llavarad_cli.prompts import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llavarad_cli.train.samples import SampleProblem, build_sample
+
+
+def load_records(path: Path) -> list[dict]:
+    records = read_json(path)
+    if isinstance(records, dict):
+        records = records.get("records", records.get("data"))
+    if not isinstance(records, list) or not records:
+        raise UserError(f"{path}: expected a non-empty JSON list of records (the output of `llavarad prepare`)")
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict) or "image" not in r), None)
+    if bad is not None:
+        raise UserError(f"{path}: record {bad} has no `image` field", hint="records come from `llavarad prepare`")
+    return records
+
+
+def resolve_image(image_folder: Path, relative: str) -> Path | None:
+    """The record's image path inside ``image_folder``; None if it escapes the folder."""
+    root = Path(image_folder).resolve()
+    path = (root / relative).resolve()
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return None
+    return path
+
+
+def read_image_rgb(path: Path):
+    """Read a JPEG/PNG (or DICOM, when the data package can) as an RGB PIL image."""
+    from PIL import Image
+
+    if path.suffix.lower() == ".dcm":
+        from llavarad_cli.data import images as data_images  # prepare's reader handles DICOM windowing
+
+        return data_images.read_image(path).convert("RGB")
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class TrainingRecords:
+    """Map-style dataset: item i -> dict(input_ids, labels, pixel_values) or dict(skip=reason, id=...)."""
+
+    def __init__(self, records: list[dict], image_folder: Path, tokenizer, template: str, max_text_tokens: int,
+                 image_transform: Callable):
+        self.records = records
+        self.image_folder = Path(image_folder)
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_text_tokens = max_text_tokens
+        self.image_transform = image_transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        rid = str(record.get("id", index))
+        sample = build_sample(record, self.template, self.tokenizer, self.max_text_tokens)
+        if isinstance(sample, SampleProblem):
+            return {"skip": sample.reason, "detail": sample.detail, "id": rid}
+        path = resolve_image(self.image_folder, str(record["image"]))
+        if path is None:
+            return {"skip": "image-outside-folder", "detail": str(record["image"]), "id": rid}
+        try:
+            image = read_image_rgb(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable image is counted, never fatal
+            return {"skip": "unreadable-image", "detail": f"{path}: {exc.__class__.__name__}: {exc}", "id": rid}
+        return {"input_ids": sample.input_ids, "labels": sample.labels, "pixel_values": self.image_transform(image),
+                "truncated": sample.truncated, "id": rid}
+
+
+@dataclass
+class Collator:
+    """Right-pads ids with ``pad_id`` and labels with -100; the mask marks real positions (not ``ids != pad``)."""
+
+    pad_id: int
+
+    def __call__(self, items: list[dict]) -> dict:
+        import torch
+
+        kept = [it for it in items if "skip" not in it]
+        skipped = [{"id": it["id"], "reason": it["skip"], "detail": it.get("detail", "")}
+                   for it in items if "skip" in it]
+        batch: dict = {"skipped": skipped, "truncated": sum(bool(it.get("truncated")) for it in kept),
+                       "ids": [it["id"] for it in kept]}
+        if not kept:
+            return batch
+        width = max(len(it["input_ids"]) for it in kept)
+        ids = torch.full((len(kept), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(kept), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(kept), width), dtype=torch.long)
+        for row, it in enumerate(kept):
+            n = len(it["input_ids"])
+            ids[row, :n] = torch.tensor(it["input_ids"])
+            labels[row, :n] = torch.tensor(it["labels"])
+            mask[row, :n] = 1
+        batch.update(input_ids=ids, labels=labels, attention_mask=mask,
+                     pixel_values=torch.stack([it["pixel_values"] for it in kept]))
+        return batch
+
+
+class EpochPlan:
+    """Which records each rank reads at each micro-step: a seeded permutation per epoch, no state besides step.
+
+    Every optimizer step consumes exactly ``global_batch_size`` records (the few left over at the end of an
+    epoch are dropped, differently each epoch), so the data position is a function of the global step alone and
+    a resumed run reads exactly what an uninterrupted run would have read.
+    """
+
+    def __init__(self, num_records: int, seed: int, world_size: int, rank: int, micro_batch: int, grad_accum: int):
+        self.num_records = num_records
+        self.seed = seed
+        self.world_size = world_size
+        self.rank = rank
+        self.micro_batch = micro_batch
+        self.grad_accum = grad_accum
+        self.global_batch = micro_batch * grad_accum * world_size
+        self.steps_per_epoch = num_records // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise UserError(f"the global batch ({self.global_batch} samples) is larger than the {num_records} "
+                            "training records", hint="lower train.global_batch_size")
+
+    def total_steps(self, epochs: float, max_steps: int | None) -> int:
+        return max_steps if max_steps else max(1, math.ceil(epochs * self.steps_per_epoch))
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def indices(self, start_step: int, end_step: int) -> list[int]:
+        """This rank's record indices for optimizer steps [start_step, end_step), in micro-batch order."""
+        out: list[int] = []
+        for step in range(start_step, end_step):
+            epoch, in_epoch = divmod(step, self.steps_per_epoch)
+            perm = self._perm(epoch)
+            base = in_epoch * self.global_batch
+            # A step's global batch is split rank-major per micro-step: micro m of rank r reads a contiguous slice.
+            for micro in range(self.grad_accum):
+                offset = base + (micro * self.world_size + self.rank) * self.micro_batch
+                out.extend(perm[offset: offset + self.micro_batch])
+        return out
+
+    def _perm(self, epoch: int) -> list[int]:
+        import torch
+
+        cached = getattr(self, "_cache", None)
+        if cached and cached[0] == epoch:
+            return cached[1]
+        gen = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+        perm = torch.randperm(self.num_records, generator=gen).tolist()
+        self._cache = (epoch, perm)
+        return perm
+
+
+def make_loader(dataset: TrainingRecords, plan: EpochPlan, start_step: int, end_step: int, num_workers: int,
+                pad_id: int, seed: int):
+    """A DataLoader over this rank's micro-batches for steps [start_step, end_step).
+
+    It has its own generator so that starting it does not consume the global torch RNG (which also drives
+    dropout): a resumed run's RNG stream stays identical to the uninterrupted run's.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    indices = plan.indices(start_step, end_step)
+    gen = torch.Generator().manual_seed(seed + 17 * plan.rank + start_step)
+    return DataLoader(dataset, batch_size=plan.micro_batch, sampler=indices, num_workers=num_workers,
+                      collate_fn=Collator(pad_id), generator=gen, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available(), drop_last=False)
+
+
+def count_positions(batch: dict, num_patches: int) -> int:
+    """LM positions actually processed in a batch: real text tokens plus the image rows."""
+    if "input_ids" not in batch:
+        return 0
+    text = int(batch["attention_mask"].sum())
+    images = int((batch["input_ids"] == IMAGE_TOKEN_INDEX).sum())
+    return text + images * (num_patches - 1)

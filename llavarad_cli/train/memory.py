@@ -1,0 +1,103 @@
+"""A per-GPU memory estimate for ``--dry-run``: weights, gradients, optimizer state, activations.
+
+Parameter counts are exact (the LM is built on the ``meta`` device from its config, LoRA shapes from its
+linear layers); activations are a rough rule of thumb (Korthikanti et al. 2022, with a fused attention kernel)
+and are labelled as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llavarad_cli.specs import RunSpec
+
+GIB = 1024**3
+#: The released BiomedCLIP-CXR tower (ViT-B/14 at 518 px) when its JSON cannot be read for the dry run.
+RELEASED_TOWER = {"params": 86_000_000, "hidden": 768, "patches": 1369}
+
+
+@dataclass
+class Estimate:
+    rows: list[tuple[str, float]] = field(default_factory=list)  # (item, GiB)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(v for _, v in self.rows)
+
+
+def _lm_shape(spec: RunSpec):
+    """(LM parameters, hidden, layers, vocab, LoRA parameters) from the LM's config, without weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llavarad_cli.model.weights import resolve_dir
+    from llavarad_cli.train.build import linear_layer_names
+
+    config = AutoConfig.from_pretrained(resolve_dir(spec.model.base, "base language model"))
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in lm.parameters())
+    lora = 0
+    if spec.lora.enabled:
+        targets = set(linear_layer_names(lm) if spec.lora.target_modules == "all-linear" else spec.lora.target_modules)
+        for name, module in lm.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+                lora += spec.lora.r * (module.in_features + module.out_features)
+    return params, config.hidden_size, config.num_hidden_layers, config.vocab_size, lora
+
+
+def _tower_shape(spec: RunSpec):
+    """(tower parameters, width, patches) from its open_clip JSON; the released tower's when not local."""
+    import torch
+
+    vt = spec.model.vision_tower
+    if vt.config is None:
+        return RELEASED_TOWER["params"], RELEASED_TOWER["hidden"], RELEASED_TOWER["patches"], True
+    from llavarad_cli.model.vision import build_vision_tower
+
+    with torch.device("meta"):
+        tower = build_vision_tower(vt.config, None, vt.select_layer)
+    return sum(p.numel() for p in tower.parameters()), tower.hidden_size, tower.num_patches, False
+
+
+def estimate(spec: RunSpec, world_size: int) -> Estimate:
+    est = Estimate()
+    try:
+        lm_params, hidden, layers, vocab, lora = _lm_shape(spec)
+    except Exception as exc:  # noqa: BLE001 - a dry run must not fail because the hub is offline
+        est.notes.append(f"no estimate: the LM config of `{spec.model.base}` could not be read "
+                         f"({exc.__class__.__name__})")
+        return est
+    tower_params, tower_hidden, patches, assumed = _tower_shape(spec)
+    if assumed:
+        est.notes.append("vision tower assumed to be the released ViT-B/14 at 518 px (1369 patches)")
+    n_proj = spec.model.projector_type
+    depth = 1 if n_proj == "linear" else int(n_proj[3:].split("x")[0])
+    proj_params = tower_hidden * hidden + hidden + (depth - 1) * (hidden * hidden + hidden)
+    trainable = proj_params + lora
+    width = {"bf16": 2, "fp16": 2, "fp32": 4}[spec.train.precision]
+    shard = world_size if spec.deepspeed.zero_stage >= 1 and spec.deepspeed.config is None else 1
+    grad_shard = world_size if spec.deepspeed.zero_stage >= 2 and spec.deepspeed.config is None else 1
+    master = 4 if width == 2 else 0  # ZeRO keeps fp32 master weights of what trains under bf16/fp16
+
+    est.rows.append((f"LM weights, frozen ({lm_params / 1e9:.2f} B params)", lm_params * width / GIB))
+    est.rows.append((f"vision tower, frozen ({tower_params / 1e6:.0f} M)", tower_params * width / GIB))
+    est.rows.append((f"trainable weights ({proj_params / 1e6:.1f} M projector + {lora / 1e6:.1f} M LoRA)",
+                     trainable * width / GIB))
+    est.rows.append((f"gradients (ZeRO shard 1/{grad_shard})", trainable * width / grad_shard / GIB))
+    est.rows.append((f"AdamW state + fp32 master (ZeRO shard 1/{shard})", trainable * (8 + master) / shard / GIB))
+
+    batch = spec.train.per_device_batch_size
+    tokens = spec.data.model_max_length - 1 + patches  # worst case: a full-length report
+    if spec.train.gradient_checkpointing:
+        acts = layers * batch * tokens * hidden * width + batch * tokens * hidden * 34
+        how = "checkpointed layer inputs + one layer"
+    else:
+        acts = layers * batch * tokens * hidden * 34
+        how = "all layers, no checkpointing"
+    logits = batch * tokens * vocab * (width + 4 + 4)  # logits, fp32 up-cast and its gradient
+    est.rows.append((f"activations, rough ({how}; {batch} x {tokens} positions)", acts / GIB))
+    est.rows.append(("logits and loss, rough", logits / GIB))
+    est.notes.append("plus the CUDA context and allocator slack (about 1-3 GiB per GPU)")
+    return est
