@@ -1,0 +1,127 @@
+"""Model-input image reading: PNG/JPEG modes, 16-bit, DICOM photometry and windowing, safe path resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llavarad_cli.data.images import ImageProblem, load_image, resolve_image_path
+
+
+def _dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", window=None) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _ramp(h=8, w=16, top=4095):
+    return np.tile(np.linspace(0, top, w).round().astype(np.uint16), (h, 1))
+
+
+def test_real_test_images_load_as_rgb(data_dir):
+    for path in sorted((data_dir / "cxr-images").rglob("*.png")):
+        image = load_image(path)
+        assert image.mode == "RGB" and min(image.size) > 100
+
+
+def test_grayscale_png_becomes_three_equal_channels(tmp_path):
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, mode="L").save(tmp_path / "g.png")
+    rgb = np.asarray(load_image(tmp_path / "g.png"))
+    assert rgb.shape == (8, 8, 3)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    assert rgb[0, 1, 0] == 4
+
+
+def test_16bit_png_is_stretched_not_clipped(tmp_path):
+    ramp = _ramp()
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # 12-bit data in a 16-bit PNG
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    gray = np.asarray(load_image(tmp_path / "deep.png"))[..., 0]
+    assert gray[0, 0] == 0 and gray[0, -1] == 255
+    assert len(np.unique(gray[0])) == 16  # a ramp, not white from the second pixel on
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    ramp = _ramp()
+    mono2 = np.asarray(load_image(_dicom(tmp_path / "m2.dcm", ramp, "MONOCHROME2")))[..., 0]
+    mono1 = np.asarray(load_image(_dicom(tmp_path / "m1.dcm", ramp, "MONOCHROME1")))[..., 0]
+    assert mono2[0, 0] == 0 and mono2[0, -1] == 255
+    assert (mono1.astype(int) == 255 - mono2.astype(int)).all()
+
+
+def test_dicom_window_is_applied(tmp_path):
+    ramp = _ramp()
+    # Window 1000..2000: everything below is black, above white, in between a ramp.
+    gray = np.asarray(load_image(_dicom(tmp_path / "w.dcm", ramp, window=(1500, 1000))))[..., 0]
+    row, raw = gray[0], ramp[0]
+    assert (row[raw <= 1000] == 0).all() and (row[raw >= 2000] == 255).all()
+    inside = row[(raw > 1100) & (raw < 1900)]
+    assert len(inside) and ((inside > 0) & (inside < 255)).all()
+
+
+def test_dicom_without_suffix_is_recognised_by_its_magic(tmp_path):
+    path = _dicom(tmp_path / "image.dcm", _ramp())
+    renamed = path.rename(tmp_path / "no_suffix")
+    assert load_image(renamed).mode == "RGB"
+
+
+def test_missing_and_corrupt_images_are_reported_problems(tmp_path):
+    with pytest.raises(ImageProblem) as err:
+        load_image(tmp_path / "nope.png")
+    assert err.value.kind == "missing_image"
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ImageProblem) as err:
+        load_image(tmp_path / "bad.png")
+    assert err.value.kind == "unreadable_image" and "bad.png" in err.value.detail
+
+
+@pytest.mark.parametrize("bad", ["../secret.png", "a/../../secret.png", "/etc/passwd"])
+def test_paths_escaping_the_image_folder_are_refused(tmp_path, bad):
+    with pytest.raises(ImageProblem) as err:
+        resolve_image_path(tmp_path / "images", bad)
+    assert err.value.kind == "unsafe_path"
+
+
+def test_paths_inside_the_folder_resolve_and_mimic_prefix_is_dropped(tmp_path):
+    root = tmp_path / "files"
+    (root / "p10" / "p1").mkdir(parents=True)
+    (root / "p10" / "p1" / "x.jpg").write_bytes(b"")
+    assert resolve_image_path(root, "p10/./p1/../p1/x.jpg") == root / "p10" / "p1" / "x.jpg"
+    assert resolve_image_path(root, "mimic/p10/p1/x.jpg") == root / "p10" / "p1" / "x.jpg"
+
+
+def test_eval_transform_is_open_clip_pil_bicubic_shortest_side_and_centre_crop():
+    import torch
+    from torchvision.transforms import functional as F
+
+    from llavarad_cli.model.vision import eval_transform
+
+    rng = np.random.RandomState(0)
+    image = Image.fromarray(rng.randint(0, 256, (70, 60), dtype=np.uint8), mode="L").convert("RGB")
+    got = eval_transform(56)(image)
+    resized = image.resize((56, 65), Image.Resampling.BICUBIC)  # shortest side 60 -> 56, 70 -> int(65.33)
+    top = int(round((65 - 56) / 2.0))
+    manual = F.to_tensor(resized.crop((0, top, 56, top + 56)))
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+    torch.testing.assert_close(got, (manual - mean) / std)
