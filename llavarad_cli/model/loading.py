@@ -83,9 +83,22 @@ def load_tokenizer(source: str):
         tokenizer = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
         raise UserError(f"tokenizer of `{source}` could not be loaded: {_first_line(exc)}") from None
+    _ensure_bos(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     return tokenizer
+
+
+def _ensure_bos(tokenizer) -> None:
+    """LLaVA-Rad prompts start with BOS (the reference's slow LLaMA tokenizer always added it). A tokenizer
+    folder without ``add_bos_token`` loads without it on transformers 5, which would shift every prompt."""
+    bos = tokenizer.bos_token_id
+    if bos is None or tokenizer("x").input_ids[:1] == [bos]:
+        return
+    if hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = True
+    if tokenizer("x").input_ids[:1] != [bos]:
+        raise UserError(f"tokenizer {tokenizer.name_or_path}: does not add its BOS token and cannot be told to")
 
 
 def projector_state_from(raw: dict[str, Any], origin: str) -> dict[str, torch.Tensor]:
