@@ -47,6 +47,14 @@ def build_labeler(config=None):
     return CheXbertLabeler(config or BertConfig())
 
 
+def labeler_config(weights: Path):
+    """bert-base-uncased's shape, unless a BERT ``config.json`` lies beside the weights (other sizes, tests)."""
+    from transformers import BertConfig
+
+    beside = Path(weights).parent / "config.json"
+    return BertConfig.from_json_file(str(beside)) if beside.is_file() else BertConfig()
+
+
 def load_state(model, weights: Path) -> None:
     """Load chexbert.pth (``model_state_dict``, ``module.`` prefixes) strictly, with weights_only unpickling."""
     import torch
@@ -62,7 +70,12 @@ def load_state(model, weights: Path) -> None:
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     # older transformers saved position_ids as a buffer; current BertModel recreates it, so it carries no weight
     state.pop("bert.embeddings.position_ids", None)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: another model size
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise UserError(f"{weights}: does not match the CheXbert labeler ({first[:200]})",
+                        hint="expected chexbert.pth (bert-base); a different size needs its config.json beside it") from None
     if result.missing_keys or result.unexpected_keys:
         raise UserError(f"{weights}: does not match the CheXbert labeler "
                         f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})",

@@ -119,7 +119,7 @@ def _chexbert(hyps, refs, options, counts, result, progress):
 
     weights = assets.chexbert_weights(options.chexbert_weights)
     tokenizer = assets.chexbert_tokenizer(options.chexbert_tokenizer)
-    model = chexbert.build_labeler()
+    model = chexbert.build_labeler(chexbert.labeler_config(weights))
     chexbert.load_state(model, weights)
     texts = list(dict.fromkeys(hyps + refs))  # label each distinct text once
     advance = progress("CheXbert labelling", len(texts))
