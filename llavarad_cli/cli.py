@@ -176,16 +176,70 @@ def merge_chunks(
 @user_errors
 def evaluate(
     preds: Path = typer.Argument(..., help="Predictions JSONL from `infer` (id, prediction, reference per line)."),
-    metrics: str = typer.Option("bleu,rouge,chexbert,radgraph", "--metrics", help="Comma list of bleu, rouge, chexbert, radgraph, chexprompt."),
-    bootstrap: int = typer.Option(500, "--bootstrap", min=0, help="Bootstrap resamples for 95% intervals (0 = none)."),
-    seed: int = typer.Option(3, "--seed", help="Seed of the bootstrap."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json, main.csv, breakdowns and per_report.jsonl."),
-    plot: bool = typer.Option(False, "--plot", help="Also write a PNG of per-observation F1."),
-    chexbert_weights: Optional[Path] = typer.Option(None, "--chexbert-weights", help="Local chexbert.pth (default: StanfordAIMI/RRG_scorers on the hub)."),
-    radgraph_weights: Optional[Path] = typer.Option(None, "--radgraph-weights", help="Local RadGraph model (default: StanfordAIMI/RRG_scorers on the hub)."),
+    metrics: str = typer.Option("bleu,rouge,chexbert,radgraph", "--metrics", help="Comma list of bleu, rouge, rouge2, chexbert, radgraph, chexprompt."),
+    bootstrap: int = typer.Option(500, "--bootstrap", min=0, help="Bootstrap resamples for 95% percentile intervals, the same resamples for every metric (0 = none)."),
+    seed: int = typer.Option(3, "--seed", help="Seed of the bootstrap (numpy default_rng)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json, main.csv, breakdown_n/p.csv and per_report.jsonl (default: PREDS_DIR/eval)."),
+    plot: bool = typer.Option(False, "--plot", help="Also write per_observation_f1.png (needs chexbert)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu for CheXbert/RadGraph (default: cuda when available)."),
+    chexbert_weights: Optional[Path] = typer.Option(None, "--chexbert-weights", help="Local chexbert.pth (default: StanfordAIMI/RRG_scorers via the hub cache)."),
+    chexbert_tokenizer: Optional[str] = typer.Option(None, "--chexbert-tokenizer", help="bert-base-uncased tokenizer: local folder or hub id (default: bert-base-uncased)."),
+    chexbert_batch_size: int = typer.Option(128, "--chexbert-batch-size", min=1, help="Reports per CheXbert forward pass (length-sorted)."),
+    radgraph_weights: Optional[Path] = typer.Option(None, "--radgraph-weights", help="Local radgraph.tar.gz or its unpacked folder (default: StanfordAIMI/RRG_scorers via the hub cache); needs the radgraph package."),
+    radgraph_annotations: Optional[Path] = typer.Option(None, "--radgraph-annotations", help="JSONL of precomputed RadGraph annotations {text, annotation}, used instead of running the model."),
+    cp_base_url: str = typer.Option("https://api.openai.com/v1", "--chexprompt-base-url", envvar="LLAVARAD_CHEXPROMPT_BASE_URL", help="OpenAI-compatible base URL (…/v1), or the Azure resource URL with --chexprompt-azure-deployment."),
+    cp_model: str = typer.Option("gpt-4-1106-preview", "--chexprompt-model", envvar="LLAVARAD_CHEXPROMPT_MODEL", help="Chat model name (GPT-4 Turbo as in the paper)."),
+    cp_key_env: str = typer.Option("OPENAI_API_KEY", "--chexprompt-api-key-env", help="Environment variable that holds the API key (not the key itself)."),
+    cp_deployment: Optional[str] = typer.Option(None, "--chexprompt-azure-deployment", envvar="LLAVARAD_CHEXPROMPT_AZURE_DEPLOYMENT", help="Azure OpenAI deployment name (switches to the Azure URL and api-key header)."),
+    cp_api_version: str = typer.Option("2024-02-01", "--chexprompt-api-version", envvar="OPENAI_API_VERSION", help="Azure OpenAI api-version."),
+    cp_rpm: float = typer.Option(30.0, "--chexprompt-rpm", min=0.0, help="Requests per minute at most (0 = no limit)."),
+    cp_workers: int = typer.Option(4, "--chexprompt-workers", min=1, help="Requests in flight at once."),
+    cp_retries: int = typer.Option(5, "--chexprompt-retries", min=0, help="Retries per request on 429/5xx/network errors, with exponential backoff."),
+    cp_cache: Optional[Path] = typer.Option(None, "--chexprompt-cache", help="Folder of the on-disk rating cache (default: ~/.cache/llavarad/chexprompt)."),
+    cp_prompt: Optional[Path] = typer.Option(None, "--chexprompt-prompt", help='JSON {"system": ..., "user": ...{reference}...{candidate}...} replacing the built-in prompt.'),
 ):
-    """Score predictions with BLEU-1/4, ROUGE-L, F1-CheXbert, F1-RadGraph (paper conventions) and CheXprompt."""
-    raise NotBuiltYet("evaluate")
+    """Score predictions with BLEU-1/4, ROUGE-L, F1-CheXbert, F1-RadGraph (paper conventions) and CheXprompt.
+
+    BLEU: sacrebleu corpus BLEU, 13a, 0-100. ROUGE: rouge-score F per report, no stemmer, averaged, 0-1.
+    F1-CheXbert: micro/macro over 14 and 5 observations, uncertain as negative (and as positive in the "+"
+    columns). F1-RadGraph: original RadGraph model, partial reward, averaged. Every value is the metric on the
+    full set; intervals are bootstrap percentiles. Metrics whose weights are missing are skipped, with the file
+    they need; the others still run.
+    """
+    from llavarad_cli.evaluate import EvalOptions, evaluate_pairs, load_pairs, parse_metrics, write_outputs
+    from llavarad_cli.evaluate.chexprompt import ChexpromptConfig
+    from llavarad_cli.evaluate.report import console_table
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    names = parse_metrics(metrics)
+    cp_cfg = ChexpromptConfig(base_url=cp_base_url, model=cp_model, api_key_env=cp_key_env,
+                              azure_deployment=cp_deployment, api_version=cp_api_version, requests_per_minute=cp_rpm,
+                              workers=cp_workers, max_retries=cp_retries)
+    if cp_cache is not None:
+        cp_cfg.cache_dir = cp_cache
+    options = EvalOptions(metrics=names, bootstrap=bootstrap, seed=seed, device=device,
+                          chexbert_weights=chexbert_weights, chexbert_tokenizer=chexbert_tokenizer,
+                          chexbert_batch_size=chexbert_batch_size, radgraph_weights=radgraph_weights,
+                          radgraph_annotations=radgraph_annotations, chexprompt=cp_cfg, chexprompt_prompt=cp_prompt)
+    pairs = load_pairs(preds)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=True) as bars:
+        def progress(label, total):
+            task = bars.add_task(label, total=total)
+            return lambda k: bars.advance(task, k)
+
+        result = evaluate_pairs(pairs, options, progress)
+    out = out or preds.parent / "eval"
+    written = write_outputs(result, out, preds, options, plot=plot)
+    console.print(console_table(result, f"{preds.name}: {result.n} reports"
+                                + (f", {bootstrap} bootstrap resamples" if bootstrap else "")))
+    for name, reason in result.skipped.items():
+        console.print(f"[yellow]{escape(name)} skipped:[/] {escape(reason)}", soft_wrap=True, highlight=False)
+    if result.extra.get("empty_predictions"):
+        console.print(f"[yellow]{result.extra['empty_predictions']} empty prediction(s) scored as they are[/]")
+    if plot and not result.breakdowns:
+        console.print("[yellow]--plot needs the chexbert metric; no plot written[/]")
+    console.print(f"wrote {', '.join(p.name for p in written)} to {out}")
 
 
 # --- doctor ---------------------------------------------------------------------------------------------------
