@@ -88,7 +88,7 @@ def test_records_are_normalised(tmp_path):
 def test_images_checked_under_mimic_dir(tmp_path):
     folder = tmp_path / "ann"
     folder.mkdir()
-    _write(folder, "chat_dev_x.json", [_item(), _item(image=IMG2)])
+    _write(folder, "chat_dev_x.json", [_item(), _item(image=IMG2), _item(method="gpt4")])
     mimic = tmp_path / "mimic"
     image = mimic / "files" / IMG.removeprefix("mimic/")
     image.parent.mkdir(parents=True)
@@ -97,12 +97,17 @@ def test_images_checked_under_mimic_dir(tmp_path):
     image.write_bytes(buf.getvalue())
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["prepare", "--annotations", str(folder), "--mimic-dir", str(mimic),
-                                      "--out", str(out), "--workers", "1"])
+                                      "--out", str(out), "--workers", "1", "--image-size", "16"])
     assert result.exit_code == 0, result.output
     dev = json.loads((out / "dev.json").read_text())
-    assert len(dev) == 1 and dev[0]["split"] == "dev"
+    assert [r["generate_method"] for r in dev] == ["rule-based", "gpt4"]
+    assert {r["image"] for r in dev} == {IMG.removeprefix("mimic/")}
     summary = json.loads((out / "prepare-summary.json").read_text())
     assert summary["skipped"]["missing_image"]["examples"] == [IMG2.removeprefix("mimic/")]
+    # Both records share one copy, made once.
+    assert (summary["images"]["written"], summary["images"]["reused"]) == (1, 0)
+    with Image.open(out / "images" / dev[0]["image"]) as copy:
+        assert copy.size == (16, 24)
 
 
 def test_annotation_errors(tmp_path):

@@ -68,5 +68,16 @@ def test_failures_are_results_not_exceptions(tmp_path):
 
 def test_existing_copy_is_reused_without_reading_the_source(tmp_path):
     target = tmp_path / "done.jpg"
-    target.write_bytes(b"finished earlier")
+    Image.new("L", (8, 8)).save(target)
     assert run_job(ImageJob(0, tmp_path / "gone.jpg", target, 64)).status == "reused"
+
+
+def test_empty_copy_left_by_a_crash_is_redone(tmp_path):
+    source = tmp_path / "src.jpg"
+    Image.new("L", (80, 100), 50).save(source)
+    target = tmp_path / "copy.jpg"
+    target.write_bytes(b"")
+    assert run_job(ImageJob(0, source, target, 40)).status == "written"
+    with Image.open(target) as image:
+        assert image.size == (40, 50)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

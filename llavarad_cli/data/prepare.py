@@ -86,14 +86,20 @@ def process_images(candidates: list[Candidate], source: SourceResult, out: Path,
     images = out / IMAGES_DIR
     if image_size is not None:
         _check_size_marker(images, image_size)
-    jobs = []
+    # One job per distinct image: the annotations hold several records (gpt4 and rule-based) per image.
+    users: dict[Path, list[int]] = {}
     for index, candidate in enumerate(candidates):
-        if candidate.source_image is None:
-            continue
-        target = images / _copy_path(candidate.record["image"]) if image_size is not None else None
-        jobs.append(ImageJob(index, candidate.source_image, target, image_size))
+        if candidate.source_image is not None:
+            users.setdefault(candidate.source_image, []).append(index)
+    jobs = []
+    for number, (source_image, indexes) in enumerate(users.items()):
+        rel = candidates[indexes[0]].record["image"]
+        target = images / _copy_path(rel) if image_size is not None else None
+        jobs.append(ImageJob(number, source_image, target, image_size))
+    job_users = list(users.values())
 
-    counts = {"checked": 0, "written": 0, "reused": 0, "not_checked": len(candidates) - len(jobs)}
+    checked = sum(len(indexes) for indexes in job_users)
+    counts = {"checked": 0, "written": 0, "reused": 0, "not_checked": len(candidates) - checked}
     failed: set[int] = set()
     verb = f"resizing to {image_size} px" if image_size is not None else "checking images"
     columns = (TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -103,11 +109,12 @@ def process_images(candidates: list[Candidate], source: SourceResult, out: Path,
         task = progress.add_task(verb, total=len(jobs))
         last = 0.0
         for result in run_jobs(jobs, workers):
-            record = candidates[result.index].record
+            indexes = job_users[result.index]
             if result.status in ("missing_image", "unreadable_image"):
-                failed.add(result.index)
+                failed.update(indexes)
                 detail = f" ({result.detail})" if result.status == "unreadable_image" and result.detail else ""
-                source.skips.add(result.status, f"{record['image']}{detail}")
+                for index in indexes:
+                    source.skips.add(result.status, f"{candidates[index].record['image']}{detail}")
             else:
                 counts["checked" if result.status == "ok" else result.status] += 1
             progress.advance(task)

@@ -16,8 +16,6 @@ from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from llavarad_cli.io_utils import atomic_write_bytes
-
 JPEG_QUALITY = 95
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -36,6 +34,32 @@ class ImageResult:
     index: int
     status: str  # "ok", "written", "reused", "missing_image" or "unreadable_image"
     detail: str = ""
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    """Temp file in the same folder, then rename: a kill never leaves half a copy under the final name.
+
+    No fsync: these are derived files, and a copy lost to a power cut is caught by `copy_is_usable` on the rerun
+    and written again; the per-file fsync would cost ~10% of the step. The file mode follows the umask.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as fh:
+            fh.write(data)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def copy_is_usable(path: Path) -> bool:
+    """An existing copy is reused only if it still opens as an image (a crash can leave an empty file)."""
+    try:
+        with Image.open(path) as image:
+            return image.size[0] > 0
+    except _DECODE_ERRORS:
+        return False
 
 
 def target_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -72,7 +96,7 @@ def resize_image(source: Path, target: Path, size: int) -> None:
             with open(source, "rb") as fh:  # already small enough: keep the original bytes, no re-encoding loss
                 data = fh.read()
             image.load()  # still prove it decodes
-            atomic_write_bytes(target, data)
+            write_atomic(target, data)
             return
         if image.format == "JPEG":
             # Decode at the smallest 1/1, 1/2, 1/4 or 1/8 scale that is still at least new_size.
@@ -83,7 +107,7 @@ def resize_image(source: Path, target: Path, size: int) -> None:
             pixels = pixels.resize(new_size, Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         pixels.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    atomic_write_bytes(target, buffer.getvalue())
+    write_atomic(target, buffer.getvalue())
 
 
 def check_image(source: Path) -> None:
@@ -104,7 +128,7 @@ def run_job(job: ImageJob) -> ImageResult:
                 return ImageResult(job.index, "missing_image", "not found")
             check_image(job.source)
             return ImageResult(job.index, "ok")
-        if job.target.is_file():
+        if job.target.is_file() and copy_is_usable(job.target):
             return ImageResult(job.index, "reused")
         if not job.source.is_file():
             return ImageResult(job.index, "missing_image", "not found")
