@@ -64,7 +64,7 @@ def _root(
 def prepare(
     out: Path = typer.Option(..., "--out", help="Output folder for train.json, dev.json, test.json and prepare-summary.json."),
     mimic_dir: Optional[Path] = typer.Option(None, "--mimic-dir", help="MIMIC-CXR-JPG 2.0.0 root (files/, metadata, split and optional chexpert CSVs)."),
-    reports: Optional[Path] = typer.Option(None, "--reports", help="mimic-cxr-reports.zip or its unpacked files/ tree (default: looked for inside --mimic-dir)."),
+    reports: Optional[Path] = typer.Option(None, "--reports", help="mimic-cxr-reports.zip or the folder it unpacks to (default: mimic-cxr-reports.zip in --mimic-dir, else s<study>.txt files beside the study folders)."),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="Folder of the PhysioNet 'LLaVA-Rad MIMIC-CXR Annotations' JSON files; used instead of parsing reports."),
     openi_reports: Optional[Path] = typer.Option(None, "--openi-reports", help="Open-I indiana_reports.csv."),
     openi_projections: Optional[Path] = typer.Option(None, "--openi-projections", help="Open-I indiana_projections.csv."),

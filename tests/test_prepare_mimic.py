@@ -94,6 +94,7 @@ def build_tree(root: Path, reports: str = "tree", chexpert: bool = True) -> Path
         elif kind == "truncated":
             image.write_bytes(_jpeg((300, 360), 90)[:400])
     metadata.append(["bad/../id", "1x", "5", "", "PA", 1, 1, 0, 0, "", "", ""])
+    metadata.append(list(metadata[0]))  # the same image listed twice
     _write_csv(mimic / "mimic-cxr-2.0.0-metadata.csv.gz", METADATA_HEADER, metadata, gz=True)
     _write_csv(mimic / "mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id", "split"], splits, gz=False)
     if chexpert:
@@ -171,7 +172,7 @@ def test_records_and_skips(tmp_path, reports):
     assert summary["records"] == {"train": 1, "dev": 2, "test": 0}
     counts = {key: value["count"] for key, value in summary["skipped"].items()}
     assert counts == {"no_split": 1, "not_frontal": 2, "no_report": 1, "unreadable_report": 1, "empty_report": 1,
-                      "no_findings": 1, "missing_image": 1, "unreadable_image": 2, "bad_row": 1}
+                      "no_findings": 1, "missing_image": 1, "unreadable_image": 2, "bad_row": 1, "duplicate": 1}
     examples = {key: value["examples"] for key, value in summary["skipped"].items()}
     assert examples["missing_image"] == ["p10/p10001401/s54000003/d09.jpg"]
     # Garbage bytes and a JPEG cut short are both caught (the check decodes, at 1/8 scale).
@@ -184,9 +185,10 @@ def test_records_and_skips(tmp_path, reports):
     assert examples["no_report"] == [f"{report_where}p10/p10000935/s51178377.txt"]
     assert examples["unreadable_report"] == [f"{report_where}p10/p10001176/s53000002.txt"]
     assert examples["no_findings"] == [f"{report_where}p10/p10000898/s50771383.txt"]
-    assert summary["total_skipped"] == 11
+    assert examples["duplicate"] == ["p10/p10000032/s50414267/d01.jpg (mimic-cxr-2.0.0-metadata.csv.gz line 16)"]
+    assert summary["total_skipped"] == 12
     # Every metadata row is either a record or a counted skip.
-    assert summary["total_records"] + summary["total_skipped"] == len(ROWS) + 1
+    assert summary["total_records"] + summary["total_skipped"] == len(ROWS) + 2
     # The table names the kinds and counts.
     assert "unreadable report" in result.output and "image missing on disk" in result.output
 

@@ -87,6 +87,7 @@ def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
     skips = Skips()
     candidates: list[Candidate] = []
     studies: dict[str, ReportSections | str] = {}
+    seen: set[str] = set()
 
     try:
         for line, row in read_rows(metadata_path, ("dicom_id", "subject_id", "study_id", "ViewPosition")):
@@ -96,6 +97,10 @@ def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
                 skips.add("bad_row", f"{metadata_path.name} line {line}")
                 continue
             rel = image_path(subject_id, study_id, dicom_id)
+            if dicom_id in seen:
+                skips.add("duplicate", f"{rel} ({metadata_path.name} line {line})")
+                continue
+            seen.add(dicom_id)
             split = SPLIT_NAMES.get(splits.get(dicom_id, ""))
             if split is None:
                 skips.add("no_split", rel)
