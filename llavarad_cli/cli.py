@@ -141,8 +141,10 @@ def infer(
     image_folder: Optional[Path] = typer.Option(None, "--image-folder", help="Folder the records' image paths are relative to."),
     output: Optional[Path] = typer.Option(None, "--output", help="Predictions JSONL (batch mode); rerunning resumes it."),
     model: str = typer.Option("microsoft/llava-rad", "--model", help="Released LLaVA-Rad layout or a llavarad checkpoint: hub id or local dir."),
-    model_base: Optional[str] = typer.Option("lmsys/vicuna-7b-v1.5", "--model-base", help="Base LM for the released (LoRA) layout: hub id or local dir."),
+    model_base: Optional[str] = typer.Option(None, "--model-base", help="Base LM: hub id or local dir (default: lmsys/vicuna-7b-v1.5 for the released layout, the recorded base for a llavarad checkpoint)."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPUs that have it, else fp16; fp32 on CPU)."),
+    attn: str = typer.Option("sdpa", "--attn", help="Attention kernel: sdpa, eager or flash_attention_2 (needs flash-attn)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Reports per generate() call (length-sorted, left-padded)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens generated per report (the paper used 256)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy, as in the paper."),
@@ -155,7 +157,23 @@ def infer(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow .bin/.pt files that need arbitrary code to unpickle (only for files you trust)."),
 ):
     """Write findings for one image (--image) or a whole test set (--query-file), batched and resumable."""
-    raise NotBuiltYet("infer")
+    from llavarad_cli.infer import commands
+    from llavarad_cli.infer.generate import GenerationSettings
+
+    if (image is None) == (query_file is None):
+        raise UserError("give either --image (one X-ray) or --query-file (batch mode)")
+    choice = commands.ModelChoice(model, model_base, device, dtype, attn, trust_pickle)
+    settings = GenerationSettings(max_new_tokens, temperature, top_p, num_beams)
+    if image is not None:
+        commands.infer_single(image, reason, choice, settings, as_json, console, err_console)
+    elif gpus:
+        if num_chunks != 1 or chunk_idx != 0:
+            raise UserError("--gpus splits the records itself; leave out --num-chunks/--chunk-idx")
+        commands.infer_multi_gpu(query_file, image_folder, output, choice, settings, batch_size, gpus,
+                                 console, err_console)
+    else:
+        commands.infer_batch(query_file, image_folder, output, choice, settings, batch_size, num_chunks, chunk_idx,
+                             console, err_console)
 
 
 @app.command("merge-chunks")
@@ -166,8 +184,17 @@ def merge_chunks(
     query_file: Optional[Path] = typer.Option(None, "--query-file", help="Records JSON: list the ids no chunk predicted."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Exit 0 even when ids are missing."),
 ):
-    """Join per-GPU prediction files, refusing conflicting duplicates and reporting bad lines and gaps."""
-    raise NotBuiltYet("merge-chunks")
+    """Join per-GPU prediction files, refusing conflicting duplicates and reporting bad lines and gaps.
+
+    Exit code 0 only when the merged file is complete and clean (or --allow-missing), else 1.
+    """
+    from llavarad_cli.infer.commands import report_merge
+    from llavarad_cli.infer.queries import read_queries
+
+    query_ids = [q.id for q in read_queries(query_file).queries] if query_file else None
+    code = report_merge(files, output, query_ids, allow_missing, console, err_console)
+    if code:
+        raise typer.Exit(code)
 
 
 # --- evaluation -----------------------------------------------------------------------------------------------

@@ -62,7 +62,9 @@ def check_attn(attn_implementation: str) -> str:
 def load_lm(source: str, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa"):
     """Any Hugging Face causal LM (LLaVA-Rad: Vicuna-7B v1.5), in ``dtype`` on ``device``, eval mode."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress/status lines are enough
     where = resolve_dir(source, "base language model")
     try:
         lm = AutoModelForCausalLM.from_pretrained(

@@ -1,0 +1,177 @@
+"""What the ``infer`` and ``merge-chunks`` commands do, with their console output (cli.py only wires)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+from rich.text import Text
+
+from llavarad_cli.errors import UserError
+
+
+@dataclass
+class ModelChoice:
+    model: str = "microsoft/llava-rad"
+    model_base: Optional[str] = None
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    attn: str = "sdpa"
+    trust_pickle: bool = False
+
+    def cli_args(self) -> list[str]:
+        args = ["--model", self.model, "--attn", self.attn]
+        if self.model_base:
+            args += ["--model-base", self.model_base]
+        if self.dtype:
+            args += ["--dtype", self.dtype]
+        if self.trust_pickle:
+            args.append("--trust-pickle")
+        return args
+
+
+class RateColumn(ProgressColumn):
+    """Reports per second over the run so far."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} reports/s" if speed else "… reports/s", style="progress.data.speed")
+
+
+def _load(choice: ModelChoice, err: Console):
+    from llavarad_cli.model.checkpoint import load_model
+
+    with err.status(f"loading {escape(choice.model)} …"):
+        model, tokenizer = load_model(choice.model, choice.model_base, device=choice.device, dtype=choice.dtype,
+                                      attn_implementation=choice.attn, trust_pickle=choice.trust_pickle)
+    err.print(f"model: {escape(choice.model)} ({model.config.extra.get('layout')} layout) on {model.device}, "
+              f"{str(model.dtype).replace('torch.', '')}", highlight=False)
+    return model, tokenizer
+
+
+def infer_single(image: Path, reason: Optional[str], choice: ModelChoice, settings, as_json: bool,
+                 out: Console, err: Console) -> None:
+    from llavarad_cli.data.images import load_image_or_fail
+    from llavarad_cli.infer.generate import Predictor
+    from llavarad_cli.prompts import user_turn
+
+    picture = load_image_or_fail(image)  # before the (slow) model load: a typo fails fast
+    model, tokenizer = _load(choice, err)
+    predictor = Predictor(model, tokenizer, settings)
+    query = user_turn(reason)
+    findings = predictor.predict([query], predictor.pixel_values(picture).unsqueeze(0))[0]
+    if as_json:
+        out.print_json(json.dumps({"image": str(image), "reason": reason, "query": query,
+                                   "prompt": predictor.prompt(query), "findings": findings, "model": choice.model}))
+    else:
+        out.print(findings, markup=False, highlight=False, soft_wrap=True)
+
+
+def infer_batch(query_file: Path, image_folder: Optional[Path], output: Optional[Path], choice: ModelChoice,
+                settings, batch_size: int, num_chunks: int, chunk_idx: int, out: Console, err: Console) -> None:
+    from llavarad_cli.infer.queries import read_queries
+    from llavarad_cli.infer.runner import run_queries, select_chunk
+    from llavarad_cli.infer.writer import scan_predictions
+
+    if output is None:
+        raise UserError("--query-file needs --output (the predictions JSONL)")
+    if image_folder is None or not image_folder.is_dir():
+        raise UserError(f"--image-folder {image_folder or '(missing)'}: not a folder",
+                        hint="the folder the records' `image` paths are relative to")
+    query_set = read_queries(query_file)
+    chunk = select_chunk(query_set.queries, num_chunks, chunk_idx)
+    label = f"chunk {chunk_idx + 1}/{num_chunks}: " if num_chunks > 1 else ""
+    notes = [f"{len(query_set.queries)} records ({query_set.source_format} format)"]
+    if query_set.skipped:
+        notes.append("left out: " + ", ".join(f"{v} {k}" for k, v in sorted(query_set.skipped.items())))
+    if query_set.renamed_duplicates:
+        notes.append(f"{query_set.renamed_duplicates} repeated ids got the image name appended")
+    err.print(f"{escape(str(query_file))}: " + "; ".join(notes), highlight=False)
+    done, _ = scan_predictions(output)
+    if all(q.id in done for q in chunk):
+        out.print(f"{label}all {len(chunk)} records already in {escape(str(output))}; nothing to do", highlight=False)
+        return
+
+    from llavarad_cli.infer.generate import Predictor
+
+    model, tokenizer = _load(choice, err)
+    predictor = Predictor(model, tokenizer, settings)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task(f"{label}writing findings", total=None)
+        summary = run_queries(
+            predictor, chunk, image_folder, output, batch_size,
+            on_start=lambda n: progress.update(task, total=n),
+            on_progress=lambda ok, bad: progress.advance(task, ok + bad))
+    _print_summary(summary, label, out, err)
+
+
+def _print_summary(summary, label: str, out: Console, err: Console) -> None:
+    parts = [f"{summary.predicted} predicted", f"{summary.already_done} already done"]
+    if summary.predicted:
+        parts.append(f"{summary.reports_per_second:.2f} reports/s")
+    if summary.resumed_torn_line:
+        parts.append("a half-written last line was redone")
+    out.print(f"{label}{escape(str(summary.output))}: " + ", ".join(parts), highlight=False)
+    if summary.skipped:
+        total = sum(summary.skipped.values())
+        kinds = ", ".join(f"{v} {k}" for k, v in sorted(summary.skipped.items()))
+        err.print(f"[yellow]skipped {total} record(s) with image problems ({kinds}); rerun to retry them[/]",
+                  highlight=False)
+        for example in summary.skipped_examples:
+            err.print(f"  {escape(example)}", highlight=False)
+
+
+def infer_multi_gpu(query_file: Path, image_folder: Optional[Path], output: Optional[Path], choice: ModelChoice,
+                    settings, batch_size: int, gpus: int, out: Console, err: Console) -> None:
+    from llavarad_cli.infer.launch import check_gpus, run_workers
+    from llavarad_cli.infer.queries import read_queries
+
+    if output is None:
+        raise UserError("--gpus needs --query-file and --output")
+    check_gpus(gpus)
+    query_set = read_queries(query_file)  # fail here, not in N workers
+    args = ["--query-file", str(query_file), "--image-folder", str(image_folder), *choice.cli_args(),
+            "--batch-size", str(batch_size), "--max-new-tokens", str(settings.max_new_tokens),
+            "--temperature", str(settings.temperature), "--num-beams", str(settings.num_beams)]
+    if settings.top_p is not None:
+        args += ["--top-p", str(settings.top_p)]
+    with err.status(f"{gpus} workers running (logs in {escape(str(output.parent / 'logs'))}) …"):
+        parts = run_workers(args, output, gpus, output.parent / "logs")
+    report_merge(parts, output, [q.id for q in query_set.queries], allow_missing=True, out=out, err=err)
+
+
+def report_merge(files, output: Path, query_ids, allow_missing: bool, out: Console, err: Console) -> int:
+    from llavarad_cli.infer.merge import merge_chunks
+
+    report = merge_chunks(files, output, query_ids)
+    for line in report.bad_lines[:20]:
+        err.print(f"[red]bad line[/] {escape(line)}", highlight=False)
+    if len(report.bad_lines) > 20:
+        err.print(f"… and {len(report.bad_lines) - 20} more bad lines", highlight=False)
+    for conflict in report.conflicts[:20]:
+        err.print(f"[red]conflicting duplicate id[/] {escape(conflict)}", highlight=False)
+    if report.unexpected:
+        err.print(f"[red]{len(report.unexpected)} id(s) not in the query file[/], e.g. "
+                  f"{escape(', '.join(report.unexpected[:5]))}", highlight=False)
+    if report.missing:
+        colour = "yellow" if allow_missing else "red"
+        err.print(f"[{colour}]{len(report.missing)} id(s) of the query file not predicted[/]: "
+                  f"{escape(', '.join(report.missing[:10]))}{' …' if len(report.missing) > 10 else ''}",
+                  highlight=False)
+    if report.conflicts:
+        err.print(f"[red]nothing written[/]: {len(report.conflicts)} id(s) predicted differently in two places",
+                  highlight=False)
+    else:
+        extra = f", {report.identical_duplicates} identical duplicate(s) dropped" if report.identical_duplicates else ""
+        of = f" of {report.query_total}" if report.query_total is not None else ""
+        out.print(f"merged {len(report.files)} file(s) -> {escape(str(output))}: {report.written}{of} "
+                  f"predictions{extra}", highlight=False)
+    return report.exit_code(allow_missing)

@@ -1,0 +1,89 @@
+"""Turning (query, image) pairs into findings with a loaded LlavaRadModel: prompts, left padding, decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from llavarad_cli.prompts import IMAGE_TOKEN, V1_SEP2, render_v1_inference, tokenizer_image_token
+
+
+@dataclass
+class GenerationSettings:
+    """Greedy, 256 new tokens, by default: the paper's evaluation (llava-rad-facts.md §1.5)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float | None = None
+    num_beams: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                               "use_cache": True, **self.extra}
+        if self.temperature > 0:
+            out.update(do_sample=True, temperature=self.temperature)
+            if self.top_p is not None:
+                out["top_p"] = self.top_p
+        else:
+            # Explicitly unset, so a checkpoint's generation_config cannot turn sampling back on.
+            out.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return out
+
+
+def render_prompt(query: str, template: str) -> str:
+    """v1: the Vicuna chat prompt; plain (a stage-1 checkpoint): the bare image token, as it was trained."""
+    return IMAGE_TOKEN if template == "plain" else render_v1_inference(query)
+
+
+class Predictor:
+    """Holds the model, tokenizer and settings; ``predict`` handles one batch of any size."""
+
+    def __init__(self, model, tokenizer, settings: GenerationSettings | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings or GenerationSettings()
+        self.template = getattr(model.config, "template", "v1")
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.unk_token_id or 0)
+        self.eos_id = tokenizer.eos_token_id
+
+    def prompt(self, query: str) -> str:
+        return render_prompt(query, self.template)
+
+    def prompt_ids(self, query: str) -> list[int]:
+        return tokenizer_image_token(self.prompt(query), self.tokenizer)
+
+    def pixel_values(self, image: Image.Image) -> torch.Tensor:
+        return self.model.image_transform(image)
+
+    @torch.inference_mode()
+    def predict(self, queries: Sequence[str], pixels: torch.Tensor) -> list[str]:
+        """Findings for each (query, preprocessed image); left-padded so rows do not affect each other."""
+        rows = [self.prompt_ids(q) for q in queries]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        device = self.model.device
+        pixels = pixels.to(device=device, dtype=self.model.dtype)
+        kwargs = self.settings.kwargs()
+        kwargs.setdefault("pad_token_id", self.pad_id)
+        if self.eos_id is not None:
+            kwargs.setdefault("eos_token_id", self.eos_id)
+        out = self.model.generate(ids.to(device), mask.to(device), pixels, **kwargs)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [clean_prediction(t) for t in texts]
+
+
+def clean_prediction(text: str) -> str:
+    """Strip, drop a trailing ``</s>``, strip again: the reference's decode."""
+    text = text.strip()
+    if text.endswith(V1_SEP2):
+        text = text[: -len(V1_SEP2)]
+    return text.strip()

@@ -1,0 +1,88 @@
+"""``merge-chunks``: join per-GPU prediction files in chunk order and say exactly what is wrong with them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from llavarad_cli.errors import UserError
+from llavarad_cli.infer.chunks import natural_key
+from llavarad_cli.io_utils import atomic_write_text
+
+
+@dataclass
+class MergeReport:
+    files: list[Path]
+    written: int = 0
+    identical_duplicates: int = 0
+    conflicts: list[str] = field(default_factory=list)      # ids predicted differently in two places
+    bad_lines: list[str] = field(default_factory=list)      # "file:line: why"
+    missing: list[str] = field(default_factory=list)        # ids of the query file nobody predicted
+    unexpected: list[str] = field(default_factory=list)     # ids not in the query file
+    query_total: int | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not (self.conflicts or self.bad_lines or self.unexpected)
+
+    def exit_code(self, allow_missing: bool = False) -> int:
+        """0 only for a complete (or --allow-missing) and clean merge; 1 otherwise."""
+        if not self.clean:
+            return 1
+        return 0 if allow_missing or not self.missing else 1
+
+
+def merge_chunks(files: Sequence[Path], output: Path, query_ids: Sequence[str] | None = None) -> MergeReport:
+    """Merge ``files`` (natural order: ``_10`` after ``_2``) into ``output``.
+
+    Identical duplicates (a chunk rerun) are kept once; the same id with different predictions is a conflict
+    and nothing is written. Bad lines are reported with file and line. The output is written atomically and
+    only when there is no conflict.
+    """
+    paths = sorted({Path(f) for f in files}, key=natural_key)
+    if not paths:
+        raise UserError("no chunk files given")
+    output = Path(output)
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"chunk file not found: {path}")
+        if path.resolve() == output.resolve():
+            raise UserError(f"{path} is both a chunk and the --output file",
+                            hint="write the merged file under another name (the glob preds_*.jsonl matches it)")
+    report = MergeReport(files=paths)
+    rows: dict[str, dict] = {}
+    origin: dict[str, str] = {}
+    for path in paths:
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    report.bad_lines.append(f"{where}: not JSON ({exc.msg})")
+                    continue
+                if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prediction"), str):
+                    report.bad_lines.append(f"{where}: not a prediction (needs id and a string prediction)")
+                    continue
+                key = str(row["id"])
+                if key in rows:
+                    if rows[key].get("prediction") == row["prediction"]:
+                        report.identical_duplicates += 1
+                    else:
+                        report.conflicts.append(f"{key} ({origin[key]} vs {where})")
+                    continue
+                rows[key] = row
+                origin[key] = where
+    if query_ids is not None:
+        expected = set(query_ids)
+        report.query_total = len(expected)
+        report.missing = [q for q in query_ids if q not in rows]
+        report.unexpected = [k for k in rows if k not in expected]
+    if not report.conflicts:
+        atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
+        report.written = len(rows)
+    return report
