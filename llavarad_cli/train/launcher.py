@@ -170,25 +170,39 @@ def read_worker_errors(out_dir: Path) -> list[dict]:
     return sorted(errors, key=lambda e: e.get("rank", 0))
 
 
-def failure(out_dir: Path, returncode: int) -> UserError:
+#: Errors a rank raises when a *peer* died: the rank that reported it is not the cause.
+_PEER_LOST = ("connection reset", "connection closed", "broken pipe", "timed out", "nccl", "gloo")
+
+
+def failure(out_dir: Path, returncode: int, world_size: int | None = None) -> UserError:
     """The parent's one-line account of a failed run: which rank, what error, where the traceback is."""
     errors = read_worker_errors(out_dir)
+    silent = sorted(set(range(world_size or 0)) - {e.get("rank") for e in errors})
+    resume = "rerun the same command to resume from the newest complete checkpoint"
+    if errors and silent and all(any(m in e["message"].lower() for m in _PEER_LOST) for e in errors):
+        # A rank was killed (OOM killer, SIGKILL, node loss) and the others only saw the broken connection.
+        return WorkerFailed(f"worker rank {silent[0]} stopped without reporting an error (killed, e.g. out of "
+                            f"memory?); rank {errors[0]['rank']} then lost its connection: "
+                            f"{_short(errors[0]['message'])}", hint=resume)
     if errors:
         first = errors[0]
         others = f" (and {len(errors) - 1} more ranks)" if len(errors) > 1 else ""
         where = f"; traceback in {first['traceback_file']}" if first.get("traceback_file") else ""
         if first.get("kind") == "user":
             return UserError(f"worker rank {first['rank']}: {first['message']}{others}", hint=first.get("hint"))
-        return WorkerFailed(f"worker rank {first['rank']} failed: {first['message']}{others}{where}",
-                            hint="rerun the same command to resume from the newest checkpoint")
+        return WorkerFailed(f"worker rank {first['rank']} failed: {_short(first['message'])}{others}{where}",
+                            hint=resume)
     code = returncode - 256 if returncode > 128 else returncode
     how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else \
         f"exit code {returncode}"
-    return WorkerFailed(f"a training worker stopped ({how}) without reporting an error",
-                        hint="rerun the same command to resume from the newest complete checkpoint")
+    return WorkerFailed(f"a training worker stopped ({how}) without reporting an error", hint=resume)
 
 
-def run_launcher(cmd: list[str], env: dict[str, str], out_dir: Path) -> None:
+def _short(message: str, limit: int = 240) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def run_launcher(cmd: list[str], env: dict[str, str], out_dir: Path, world_size: int | None = None) -> None:
     """Run the DeepSpeed launcher in the foreground; raise the workers' error if it fails."""
     import shutil
 
@@ -198,4 +212,4 @@ def run_launcher(cmd: list[str], env: dict[str, str], out_dir: Path) -> None:
     except KeyboardInterrupt:
         raise UserError("interrupted", hint="rerun the same command to resume from the newest checkpoint") from None
     if proc.returncode != 0:
-        raise failure(out_dir, proc.returncode)
+        raise failure(out_dir, proc.returncode, world_size)

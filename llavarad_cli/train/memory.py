@@ -44,7 +44,8 @@ def _lm_shape(spec: RunSpec):
         for name, module in lm.named_modules():
             if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
                 lora += spec.lora.r * (module.in_features + module.out_features)
-    return params, config.hidden_size, config.num_hidden_layers, config.vocab_size, lora
+    return params, config.hidden_size, config.num_hidden_layers, config.vocab_size, lora, \
+        getattr(config, "max_position_embeddings", None)
 
 
 def _tower_shape(spec: RunSpec):
@@ -56,15 +57,25 @@ def _tower_shape(spec: RunSpec):
         return RELEASED_TOWER["params"], RELEASED_TOWER["hidden"], RELEASED_TOWER["patches"], True
     from llavarad_cli.model.vision import build_vision_tower
 
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            tower = build_vision_tower(vt.config, None, vt.select_layer)
+    except Exception:  # noqa: BLE001 - some timm inits need real tensors; the tower is small enough
         tower = build_vision_tower(vt.config, None, vt.select_layer)
     return sum(p.numel() for p in tower.parameters()), tower.hidden_size, tower.num_patches, False
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
 
 
 def estimate(spec: RunSpec, world_size: int) -> Estimate:
     est = Estimate()
     try:
-        lm_params, hidden, layers, vocab, lora = _lm_shape(spec)
+        lm_params, hidden, layers, vocab, lora, max_positions = _lm_shape(spec)
     except Exception as exc:  # noqa: BLE001 - a dry run must not fail because the hub is offline
         est.notes.append(f"no estimate: the LM config of `{spec.model.base}` could not be read "
                          f"({exc.__class__.__name__})")
@@ -81,15 +92,17 @@ def estimate(spec: RunSpec, world_size: int) -> Estimate:
     grad_shard = world_size if spec.deepspeed.zero_stage >= 2 and spec.deepspeed.config is None else 1
     master = 4 if width == 2 else 0  # ZeRO keeps fp32 master weights of what trains under bf16/fp16
 
-    est.rows.append((f"LM weights, frozen ({lm_params / 1e9:.2f} B params)", lm_params * width / GIB))
-    est.rows.append((f"vision tower, frozen ({tower_params / 1e6:.0f} M)", tower_params * width / GIB))
-    est.rows.append((f"trainable weights ({proj_params / 1e6:.1f} M projector + {lora / 1e6:.1f} M LoRA)",
+    est.rows.append((f"LM weights, frozen ({_count(lm_params)} params)", lm_params * width / GIB))
+    est.rows.append((f"vision tower, frozen ({_count(tower_params)})", tower_params * width / GIB))
+    est.rows.append((f"trainable weights ({_count(proj_params)} projector + {_count(lora)} LoRA)",
                      trainable * width / GIB))
     est.rows.append((f"gradients (ZeRO shard 1/{grad_shard})", trainable * width / grad_shard / GIB))
     est.rows.append((f"AdamW state + fp32 master (ZeRO shard 1/{shard})", trainable * (8 + master) / shard / GIB))
 
     batch = spec.train.per_device_batch_size
-    tokens = spec.data.model_max_length - 1 + patches  # worst case: a full-length report
+    from llavarad_cli.train.samples import text_budget
+
+    tokens = text_budget(spec.data.model_max_length, max_positions, patches) - 1 + patches  # a full-length report
     if spec.train.gradient_checkpointing:
         acts = layers * batch * tokens * hidden * width + batch * tokens * hidden * 34
         how = "checkpointed layer inputs + one layer"

@@ -95,5 +95,5 @@ def launch(plan: RunPlan, console: Console) -> dict:
     topo = plan.topology
     console.print(f"{plan.spec.stage}: {n} records, {topo.world_size} "
                   f"{'CPU worker' if topo.cpu else 'GPU'}(s) -> {out}", highlight=False)
-    launcher.run_launcher(plan.command, plan.env, out)
+    launcher.run_launcher(plan.command, plan.env, out, topo.world_size)
     return read_json(out / "train_summary.json")

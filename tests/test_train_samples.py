@@ -1,0 +1,156 @@
+"""Training samples: label masks for `plain` and `v1` on the real LLaMA SentencePiece shape, truncation, the
+collator, the dataset's counted skips and the resumable data order."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llavarad_cli.prompts import IGNORE_INDEX, IMAGE_TOKEN_INDEX, conversations
+from llavarad_cli.train.samples import (Sample, SampleProblem, build_sample, build_v1, reference_v1_labels,
+                                        text_budget, truncate)
+
+DATA = Path(__file__).parent / "data"
+FINDINGS = ("The cardiac contours are normal. XXXX basilar atelectasis. The lungs are clear. "
+            "Thoracic spondylosis. Lower cervical XXXX arthritis.")
+
+
+@pytest.fixture(scope="module")
+def llama_tok(tmp_path_factory):
+    """Vicuna's tokenizer shape: the 32000-piece LLaMA SentencePiece model from the mistral-common wheel."""
+    mistral_common = pytest.importorskip("mistral_common")
+    pytest.importorskip("sentencepiece")
+    model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    if not model.is_file():
+        pytest.skip("mistral-common has no tokenizer.model.v1")
+    root = tmp_path_factory.mktemp("llama_tok")
+    shutil.copy(model, root / "tokenizer.model")
+    (root / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+         "add_bos_token": True, "add_eos_token": False, "legacy": False}))
+    from llavarad_cli.model.loading import load_tokenizer
+
+    return load_tokenizer(str(root))
+
+
+def _record(reason, findings=FINDINGS, image="CXR7_IM-2263-1001.png", rid="7"):
+    return {"id": rid, "image": image, "reason": reason, "conversations": conversations(reason, findings)}
+
+
+def _supervised(ids, labels):
+    return [i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+
+
+def test_plain_masks_bos_and_image_and_supervises_findings_and_newline(llama_tok):
+    sample = build_sample(_record("Preop lumbar surgery"), "plain", llama_tok, 2048)
+    assert isinstance(sample, Sample)
+    assert sample.input_ids[:2] == [llama_tok.bos_token_id, IMAGE_TOKEN_INDEX]
+    assert sample.labels[:2] == [IGNORE_INDEX, IGNORE_INDEX]
+    assert sample.labels[2:] == sample.input_ids[2:]
+    # The prompt and the reason are dropped; findings + "\n" (the <0x0A> piece, 13), no EOS.
+    assert llama_tok.decode(sample.input_ids[2:]) == FINDINGS + "\n"
+    assert sample.input_ids[-1] == 13 and llama_tok.eos_token_id not in sample.input_ids
+
+
+@pytest.mark.parametrize("reason", ["Preop lumbar surgery", None, "chest pain\nfever"])
+def test_v1_supervises_only_the_answer_and_eos_and_matches_the_reference_masking(llama_tok, reason):
+    record = _record(reason)
+    sample = build_sample(record, "v1", llama_tok, 2048)
+    assert isinstance(sample, Sample)
+    ids_ref, labels_ref, mismatch = reference_v1_labels(record["conversations"][0]["value"], FINDINGS, llama_tok)
+    assert not mismatch
+    assert sample.input_ids == ids_ref and sample.labels == labels_ref
+    supervised = _supervised(sample.input_ids, sample.labels)
+    assert supervised[-1] == llama_tok.eos_token_id
+    assert llama_tok.decode(supervised[:-1]) == FINDINGS
+    masked = [i for i, lab in zip(sample.input_ids, sample.labels) if lab == IGNORE_INDEX and i >= 0]
+    text = llama_tok.decode(masked, skip_special_tokens=True)
+    assert text.startswith("A chat between a curious user") and text.endswith("ASSISTANT:")
+    assert sample.input_ids.count(IMAGE_TOKEN_INDEX) == 1
+
+
+def test_v1_mask_mismatch_is_reported_not_zeroed():
+    class Merging:
+        bos_token_id, eos_token_id = 1, 2
+
+        def __call__(self, text):
+            class Out:
+                pass
+            out = Out()
+            # A toy tokenizer whose pieces depend on the next chunk: "ASSISTANT:" alone vs followed by text.
+            out.input_ids = [1] + [hash(w) % 1000 + 3 for w in text.replace(": ", ":").split()]
+            return out
+
+    result = build_v1("<image>\nq", "answer", Merging())
+    assert isinstance(result, SampleProblem) and result.reason == "mask-mismatch"
+
+
+def test_bad_records_become_counted_problems(tiny_tokenizer):
+    empty = build_sample(_record(None, findings="  "), "v1", tiny_tokenizer, 512)
+    assert isinstance(empty, SampleProblem) and empty.reason == "no-answer"
+    broken = build_sample({"id": "x", "image": "a.png"}, "plain", tiny_tokenizer, 512)
+    assert isinstance(broken, SampleProblem) and broken.reason == "bad-record"
+
+
+def test_truncation_keeps_the_image_and_counts_image_rows(tiny_tokenizer):
+    sample = build_sample(_record("cough", findings=FINDINGS * 20), "v1", tiny_tokenizer, 2048)
+    cut = truncate(sample, 120)
+    assert isinstance(cut, Sample) and cut.truncated and len(cut.input_ids) == 120
+    assert IMAGE_TOKEN_INDEX in cut.input_ids
+    assert isinstance(truncate(sample, 5), SampleProblem)  # the image token itself would be cut
+    # 2048 text tokens + 1369 image rows fit Vicuna's 4096 positions; a 512-position LM caps the text.
+    assert text_budget(2048, 4096, 1369) == 2048
+    assert text_budget(2048, 512, 16) == 497
+    with pytest.raises(ValueError):
+        text_budget(2048, 1000, 1369)
+
+
+def _dataset(tmp_path, tokenizer, records, template="v1"):
+    from llavarad_cli.testing import TINY_IMAGE_SIZE
+    from llavarad_cli.model.vision import eval_transform
+    from llavarad_cli.train.dataset import TrainingRecords
+
+    return TrainingRecords(records, DATA / "cxr-images" / "iu", tokenizer, template, 512, eval_transform(TINY_IMAGE_SIZE))
+
+
+def test_dataset_reads_real_images_and_counts_unusable_ones(tmp_path, tiny_tokenizer):
+    import torch
+
+    from llavarad_cli.train.dataset import Collator
+
+    records = [_record("cough"), _record(None, rid="8"),
+               _record(None, image="missing.png", rid="9"), _record(None, image="../../../etc/passwd", rid="10")]
+    ds = _dataset(tmp_path, tiny_tokenizer, records)
+    items = [ds[i] for i in range(len(ds))]
+    batch = Collator(pad_id=0)(items)
+    assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape == (2, 3, 56, 56)
+    assert {s["reason"] for s in batch["skipped"]} == {"unreadable-image", "image-outside-folder"}
+    # Right padding; the mask marks real positions (pad id 0 is also <unk>, so `ids != 0` would be wrong).
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert lengths == [len(items[0]["input_ids"]), len(items[1]["input_ids"])]
+    short = lengths.index(min(lengths))
+    assert (batch["labels"][short, min(lengths):] == IGNORE_INDEX).all()
+    assert torch.equal(batch["input_ids"][short, min(lengths):], torch.zeros(max(lengths) - min(lengths), dtype=torch.long))
+    assert Collator(pad_id=0)([items[2]]).keys() >= {"skipped"} and "input_ids" not in Collator(pad_id=0)([items[2]])
+
+
+def test_epoch_plan_is_a_function_of_the_step_alone():
+    from llavarad_cli.train.dataset import EpochPlan
+
+    plans = [EpochPlan(10, seed=3, world_size=2, rank=r, micro_batch=2, grad_accum=2) for r in range(2)]
+    assert plans[0].steps_per_epoch == 1 and plans[0].total_steps(3, None) == 3
+    full = [p.indices(0, 3) for p in plans]
+    # Each step reads 8 distinct records over both ranks; 2 left over per epoch are dropped.
+    for step in range(3):
+        both = full[0][step * 4:(step + 1) * 4] + full[1][step * 4:(step + 1) * 4]
+        assert len(set(both)) == 8
+    # Resuming at step 2 reads exactly what the uninterrupted run read from step 2 on.
+    assert plans[1].indices(2, 3) == full[1][8:]
+    assert EpochPlan(10, 4, 2, 0, 2, 2).indices(0, 1) != plans[0].indices(0, 1)  # the seed matters
+    from llavarad_cli.errors import UserError
+
+    with pytest.raises(UserError, match="larger than"):
+        EpochPlan(3, 0, 2, 0, 2, 1)
