@@ -99,11 +99,19 @@ def _train_command(stage: str, spec: Optional[Path], overrides: List[str], dry_r
     if spec is None:
         raise UserError(f"`llavarad {stage}` needs a run spec", hint=f"`llavarad {stage} --print-spec > run.yaml` writes one")
     run_spec = specs.load_spec(spec, stage, overrides)
+    from llavarad_cli.train.run import launch, plan_run, show_plan
+
+    plan = plan_run(run_spec, num_workers, merge)
+    if plan.topology.cpu and num_workers is None:
+        err_console.print("[yellow]warning:[/] no GPU visible: training on 1 CPU worker (slow)", highlight=False)
     if dry_run:
         console.rule(f"[bold]{stage}[/]: resolved spec")
         typer.echo(specs.spec_to_yaml(run_spec))
+        show_plan(plan, console)
         return
-    raise NotBuiltYet(stage)
+    summary = launch(plan, console)
+    console.print(f"[green]{stage} finished[/]: {summary.get('steps')} steps; outputs in {run_spec.output.dir}",
+                  highlight=False)
 
 
 SPEC_ARG = typer.Argument(None, help="YAML run spec (`--print-spec` writes a commented default).", show_default=False)

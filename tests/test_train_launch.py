@@ -1,0 +1,170 @@
+"""The parent side of training, in-process: DeepSpeed config, topology, launcher command, failure reports,
+checkpoint bookkeeping, metrics, and the `--dry-run` CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import _train_setup as ts
+from llavarad_cli import specs
+from llavarad_cli.cli import app
+from llavarad_cli.errors import UserError
+from llavarad_cli.train import checkpoint, launcher
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return ts.tiny_assets(tmp_path_factory.mktemp("assets"))
+
+
+def _spec(tmp_path, assets, stage="finetune", **sections):
+    path = ts.write_spec(tmp_path / "run.yaml", stage, assets, tmp_path / "out", **sections)
+    return path, specs.load_spec(path, stage)
+
+
+def test_generated_deepspeed_config_follows_the_spec(tmp_path, assets):
+    _, spec = _spec(tmp_path, assets, train={"global_batch_size": 8, "per_device_batch_size": 2,
+                                             "precision": "bf16", "max_grad_norm": 1.0})
+    cfg = launcher.deepspeed_config(spec, world_size=2)
+    assert cfg["train_batch_size"] == 8 and cfg["train_micro_batch_size_per_gpu"] == 2
+    assert cfg["gradient_accumulation_steps"] == 2 and cfg["gradient_clipping"] == 1.0
+    assert cfg["zero_optimization"]["stage"] == 2 and cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
+    assert cfg["zero_allow_untested_optimizer"] is True
+    with pytest.raises(UserError, match="not a multiple"):
+        launcher.deepspeed_config(spec, world_size=3)
+
+
+def test_user_deepspeed_json_replaces_the_generated_one_with_auto_filled(tmp_path, assets):
+    # The reference's scripts/zero2.json, "auto" everywhere.
+    zero2 = {"fp16": {"enabled": "auto", "loss_scale": 0}, "bf16": {"enabled": "auto"},
+             "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+             "gradient_accumulation_steps": "auto",
+             "zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": "auto"},
+             "optimizer": {"type": "AdamW"}}
+    (tmp_path / "zero2.json").write_text(json.dumps(zero2))
+    _, spec = _spec(tmp_path, assets, deepspeed={"config": str(tmp_path / "zero2.json")},
+                    train={"precision": "bf16"})
+    cfg = launcher.deepspeed_config(spec, world_size=1)
+    assert cfg["bf16"]["enabled"] is True and cfg["fp16"]["enabled"] is False
+    assert cfg["gradient_accumulation_steps"] == 2 and cfg["zero_optimization"]["reduce_bucket_size"] == 5e8
+    assert "optimizer" not in cfg  # the worker's AdamW (with the projector LR group) is used
+    zero2["train_batch_size"] = 512
+    (tmp_path / "zero2.json").write_text(json.dumps(zero2))
+    with pytest.raises(UserError, match="train_batch_size is 512 but the spec gives 2"):
+        launcher.deepspeed_config(spec, world_size=1)
+
+
+def test_topology_and_launcher_command(tmp_path, assets):
+    _, spec = _spec(tmp_path, assets, launcher={"master_port": 29999})
+    topo = launcher.topology(spec, num_workers=2)
+    assert topo.cpu and topo.world_size == 2
+    cmd = launcher.launcher_command(spec, topo, Path("/x/resolved_spec.yaml"), merge=True)
+    assert cmd[1:3] == ["-m", "deepspeed.launcher.runner"]
+    assert cmd[cmd.index("--num_gpus") + 1] == "2" and cmd[cmd.index("--master_port") + 1] == "29999"
+    assert cmd[cmd.index("--module") + 1] == "llavarad_cli.train.worker" and cmd[-1] == "--merge"
+    env = launcher.worker_env(topo)
+    assert env["DS_ACCELERATOR"] == "cpu" and env["CUDA_VISIBLE_DEVICES"] == ""
+    assert launcher.topology(spec, None, gpu_count=0).cpu  # no GPU: one CPU worker
+    gpu = launcher.topology(spec, None, gpu_count=4)
+    assert not gpu.cpu and gpu.world_size == 4
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two nodes\nnode-a slots=8\nnode-b slots=8\n")
+    _, multi = _spec(tmp_path, assets, launcher={"hostfile": str(hostfile), "num_nodes": 2})
+    topo = launcher.topology(multi, None)
+    assert topo.world_size == 16 and topo.nodes == 2
+    cmd = launcher.launcher_command(multi, topo, Path("/x/s.yaml"))
+    assert cmd[cmd.index("--hostfile") + 1] == str(hostfile) and cmd[cmd.index("--num_nodes") + 1] == "2"
+    hostfile.write_text("node-a eight\n")
+    with pytest.raises(UserError, match="slots=N"):
+        launcher.parse_hostfile(hostfile)
+
+
+def test_failures_name_the_rank_and_the_error(tmp_path):
+    errors = tmp_path / ".errors"
+    errors.mkdir()
+    (errors / "rank1.json").write_text(json.dumps({"rank": 1, "kind": "crash", "message": "RuntimeError: boom",
+                                                   "traceback_file": "/t/rank1-traceback.txt"}))
+    exc = launcher.failure(tmp_path, 1, world_size=2)
+    assert isinstance(exc, launcher.WorkerFailed) and exc.exit_code == 1
+    assert "rank 1 failed: RuntimeError: boom" in exc.one_line() and "/t/rank1-traceback.txt" in exc.one_line()
+    # A rank killed outright reports nothing; its peer only sees the broken connection.
+    (errors / "rank1.json").unlink()
+    (errors / "rank0.json").write_text(json.dumps({"rank": 0, "kind": "crash",
+                                                   "message": "RuntimeError: Connection reset by peer"}))
+    assert "rank 1 stopped without reporting" in launcher.failure(tmp_path, 1, world_size=2).one_line()
+    (errors / "rank0.json").unlink()
+    assert "killed by SIGKILL" in launcher.failure(tmp_path, -9, world_size=2).one_line()
+    (errors / "rank0.json").write_text(json.dumps({"rank": 0, "kind": "user", "message": "bad records",
+                                                   "hint": "fix it"}))
+    user = launcher.failure(tmp_path, 2, world_size=2)
+    assert type(user) is UserError and user.exit_code == 2 and "rank 0: bad records" in user.one_line()
+
+
+def test_only_complete_checkpoints_are_resumed_and_rotation_keeps_the_newest(tmp_path):
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / checkpoint.MARKER).write_text("ok")
+    (tmp_path / "checkpoint-8").mkdir()                 # a save killed before its marker
+    (tmp_path / ".checkpoint-10.tmp").mkdir()           # a save killed before its rename
+    assert checkpoint.latest_checkpoint(tmp_path).name == "checkpoint-6"
+    removed = checkpoint.remove_partial(tmp_path)
+    assert sorted(p.name for p in removed) == [".checkpoint-10.tmp", "checkpoint-8"]
+    checkpoint.rotate(tmp_path, keep=2)
+    assert [p.name for _, p in checkpoint.complete_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.save(checkpoint.rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_metrics_log_drops_lines_past_the_resume_step_and_plots(tmp_path):
+    from llavarad_cli.train.metrics import MetricsLog, plot_loss_curve, read_metrics
+
+    log = MetricsLog(tmp_path / "metrics.jsonl", 0, [], "run", {})
+    for step in range(1, 6):
+        log.log({"step": step, "loss": 5.0 - step * 0.5, "lr": 1e-3})
+    log.close()
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 6, "lo')  # a line cut by a kill
+    MetricsLog(tmp_path / "metrics.jsonl", 3, [], "run", {}).close()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    png = plot_loss_curve(tmp_path / "metrics.jsonl", tmp_path / "loss.png", "t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dry_run_prints_config_command_and_memory_estimate(tmp_path, assets):
+    path, _ = _spec(tmp_path, assets)
+    result = runner.invoke(app, ["finetune", str(path), "--dry-run", "--num-workers", "2",
+                                 "--set", "train.per_device_batch_size=1"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert '"train_micro_batch_size_per_gpu": 1' in out and '"gradient_accumulation_steps": 1' in out
+    assert "deepspeed.launcher.runner --num_gpus 2" in out and "llavarad_cli.train.worker" in out
+    assert "memory estimate per CPU worker" in out and "LoRA" in out and "total" in out
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_stage_mistakes_are_one_line_errors(tmp_path, assets):
+    path, _ = _spec(tmp_path, assets, stage="pretrain")
+    result = runner.invoke(app, ["pretrain", str(path), "--dry-run", "--set", "lora.enabled=true"])
+    assert result.exit_code == 2 and "lora.enabled must be false" in result.output
+    result = runner.invoke(app, ["pretrain", str(path), "--num-workers", "3", "--dry-run"])
+    assert result.exit_code == 2 and "not a multiple" in result.output
+    path, _ = _spec(tmp_path, assets, stage="finetune")
+    result = runner.invoke(app, ["finetune", str(path), "--dry-run",
+                                 "--set", "model.pretrained_projector=/nope.safetensors"])
+    assert result.exit_code == 2 and "file not found" in result.output
