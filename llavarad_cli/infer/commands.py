@@ -51,7 +51,7 @@ def _load(choice: ModelChoice, err: Console):
         model, tokenizer = load_model(choice.model, choice.model_base, device=choice.device, dtype=choice.dtype,
                                       attn_implementation=choice.attn, trust_pickle=choice.trust_pickle)
     err.print(f"model: {escape(choice.model)} ({model.config.extra.get('layout')} layout) on {model.device}, "
-              f"{str(model.dtype).replace('torch.', '')}", highlight=False)
+              f"{str(model.dtype).replace('torch.', '')}", highlight=False, soft_wrap=True)
     return model, tokenizer
 
 
@@ -92,10 +92,13 @@ def infer_batch(query_file: Path, image_folder: Optional[Path], output: Optional
         notes.append("left out: " + ", ".join(f"{v} {k}" for k, v in sorted(query_set.skipped.items())))
     if query_set.renamed_duplicates:
         notes.append(f"{query_set.renamed_duplicates} repeated ids got the image name appended")
-    err.print(f"{escape(str(query_file))}: " + "; ".join(notes), highlight=False)
+    err.print(f"{escape(str(query_file))}: " + "; ".join(notes), highlight=False, soft_wrap=True)
     done, _ = scan_predictions(output)
     if all(q.id in done for q in chunk):
-        out.print(f"{label}all {len(chunk)} records already in {escape(str(output))}; nothing to do", highlight=False)
+        if not output.exists():  # an empty chunk (more chunks than records) still leaves its file for the merge
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.touch()
+        out.print(f"{label}all {len(chunk)} records already in {escape(str(output))}; nothing to do", highlight=False, soft_wrap=True)
         return
 
     from llavarad_cli.infer.generate import Predictor
@@ -119,14 +122,14 @@ def _print_summary(summary, label: str, out: Console, err: Console) -> None:
         parts.append(f"{summary.reports_per_second:.2f} reports/s")
     if summary.resumed_torn_line:
         parts.append("a half-written last line was redone")
-    out.print(f"{label}{escape(str(summary.output))}: " + ", ".join(parts), highlight=False)
+    out.print(f"{label}{escape(str(summary.output))}: " + ", ".join(parts), highlight=False, soft_wrap=True)
     if summary.skipped:
         total = sum(summary.skipped.values())
         kinds = ", ".join(f"{v} {k}" for k, v in sorted(summary.skipped.items()))
         err.print(f"[yellow]skipped {total} record(s) with image problems ({kinds}); rerun to retry them[/]",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         for example in summary.skipped_examples:
-            err.print(f"  {escape(example)}", highlight=False)
+            err.print(f"  {escape(example)}", highlight=False, soft_wrap=True)
 
 
 def infer_multi_gpu(query_file: Path, image_folder: Optional[Path], output: Optional[Path], choice: ModelChoice,
@@ -153,25 +156,25 @@ def report_merge(files, output: Path, query_ids, allow_missing: bool, out: Conso
 
     report = merge_chunks(files, output, query_ids)
     for line in report.bad_lines[:20]:
-        err.print(f"[red]bad line[/] {escape(line)}", highlight=False)
+        err.print(f"[red]bad line[/] {escape(line)}", highlight=False, soft_wrap=True)
     if len(report.bad_lines) > 20:
-        err.print(f"… and {len(report.bad_lines) - 20} more bad lines", highlight=False)
+        err.print(f"… and {len(report.bad_lines) - 20} more bad lines", highlight=False, soft_wrap=True)
     for conflict in report.conflicts[:20]:
-        err.print(f"[red]conflicting duplicate id[/] {escape(conflict)}", highlight=False)
+        err.print(f"[red]conflicting duplicate id[/] {escape(conflict)}", highlight=False, soft_wrap=True)
     if report.unexpected:
         err.print(f"[red]{len(report.unexpected)} id(s) not in the query file[/], e.g. "
-                  f"{escape(', '.join(report.unexpected[:5]))}", highlight=False)
+                  f"{escape(', '.join(report.unexpected[:5]))}", highlight=False, soft_wrap=True)
     if report.missing:
         colour = "yellow" if allow_missing else "red"
         err.print(f"[{colour}]{len(report.missing)} id(s) of the query file not predicted[/]: "
                   f"{escape(', '.join(report.missing[:10]))}{' …' if len(report.missing) > 10 else ''}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     if report.conflicts:
         err.print(f"[red]nothing written[/]: {len(report.conflicts)} id(s) predicted differently in two places",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     else:
         extra = f", {report.identical_duplicates} identical duplicate(s) dropped" if report.identical_duplicates else ""
         of = f" of {report.query_total}" if report.query_total is not None else ""
         out.print(f"merged {len(report.files)} file(s) -> {escape(str(output))}: {report.written}{of} "
-                  f"predictions{extra}", highlight=False)
+                  f"predictions{extra}", highlight=False, soft_wrap=True)
     return report.exit_code(allow_missing)

@@ -1,0 +1,174 @@
+"""`llavarad infer` on the tiny checkpoint: single image, batch, skips, batched == unbatched, resume, chunks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llavarad_cli.cli import app
+
+GEN = ["--device", "cpu", "--max-new-tokens", "6"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    from llavarad_cli.testing import write_tiny_checkpoint
+
+    out = tmp_path_factory.mktemp("ckpt") / "native"
+    write_tiny_checkpoint(out, "native")
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, data_dir) -> Path:
+    """Small copies of the real test images (the originals are 2-3k px; decoding them is most of the time)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    for path in sorted((data_dir / "cxr-images").rglob("*.png")):
+        target = root / path.parent.name / path.name
+        target.parent.mkdir(exist_ok=True)
+        with Image.open(path) as im:
+            im.thumbnail((96, 96))
+            im.save(target)
+    return root
+
+
+def _record(rid, image, reason=None, findings="The lungs are clear."):
+    from llavarad_cli.prompts import conversations
+
+    return {"id": rid, "image": image, "reason": reason, "findings": findings,
+            "conversations": conversations(reason, findings)}
+
+
+@pytest.fixture()
+def queries(tmp_path, images) -> Path:
+    pngs = sorted(str(p.relative_to(images)) for p in images.rglob("*.png"))
+    reasons = [None, "cough", "Chest pain, cough, fever, dyspnea, evaluate for pneumonia.", "preop", "fever"]
+    records = [_record(f"r{i}", png, reasons[i % len(reasons)]) for i, png in enumerate(pngs)]
+    records += [_record(f"r{i + len(pngs)}", png, "shortness of breath") for i, png in enumerate(pngs[:3])]
+    records.append(_record("missing", "iu/nope.png"))
+    records.append(_record("escape", "../outside.png"))
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _run(*args):
+    result = CliRunner().invoke(app, ["infer", *map(str, args)])
+    return result
+
+
+def _preds(path: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "duplicated ids"
+    return {r["id"]: r for r in rows}
+
+
+def test_single_image_json(ckpt, images):
+    result = _run("--image", images / "iu" / "CXR3_IM-1384-1001.png", "--reason", "cough", "--model", ckpt,
+                  "--json", *GEN)
+    assert result.exit_code == 0, result.output
+    obj = json.loads(result.stdout)
+    assert obj["prompt"].endswith("given the following indication: cough ASSISTANT:")
+    assert isinstance(obj["findings"], str) and obj["findings"]
+
+
+def test_single_image_missing_is_one_line(ckpt, tmp_path):
+    result = _run("--image", tmp_path / "none.png", "--model", ckpt, *GEN)
+    assert result.exit_code == 2
+    assert "image not found" in result.output and "Traceback" not in result.output
+
+
+def test_batch_writes_all_readable_records_and_counts_skips(ckpt, images, queries, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    result = _run("--query-file", queries, "--image-folder", images, "--output", out, "--model", ckpt,
+                  "--batch-size", "4", *GEN)
+    assert result.exit_code == 0, result.output
+    preds = _preds(out)
+    assert sorted(preds) == sorted(f"r{i}" for i in range(8))
+    row = preds["r1"]
+    assert set(row) == {"id", "query", "reference", "prediction"}
+    assert row["query"].startswith("<image>\n") and row["reference"] == "The lungs are clear."
+    assert "skipped 2 record(s)" in result.output and "unsafe_path" in result.output
+
+    again = _run("--query-file", queries, "--image-folder", images, "--output", out, "--model", ckpt, *GEN)
+    assert again.exit_code == 0 and "8 already done" in again.output
+    assert _preds(out) == preds
+
+
+def test_batched_equals_unbatched(ckpt, images, queries, tmp_path):
+    outs = {}
+    for bs in (1, 8):
+        out = tmp_path / f"bs{bs}.jsonl"
+        result = _run("--query-file", queries, "--image-folder", images, "--output", out, "--model", ckpt,
+                      "--batch-size", bs, *GEN)
+        assert result.exit_code == 0, result.output
+        outs[bs] = {k: v["prediction"] for k, v in _preds(out).items()}
+    assert outs[1] == outs[8]
+
+
+def test_resume_after_kill_and_torn_line(ckpt, images, queries, tmp_path, monkeypatch):
+    from llavarad_cli.infer import generate
+
+    full = tmp_path / "full.jsonl"
+    assert _run("--query-file", queries, "--image-folder", images, "--output", full, "--model", ckpt,
+                "--batch-size", "3", *GEN).exit_code == 0
+
+    # A "kill" after the first batch: the second predict call dies.
+    out = tmp_path / "preds.jsonl"
+    real, calls = generate.Predictor.predict, []
+
+    def dying(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(generate.Predictor, "predict", dying)
+    _run("--query-file", queries, "--image-folder", images, "--output", out, "--model", ckpt,
+         "--batch-size", "3", *GEN)
+    monkeypatch.setattr(generate.Predictor, "predict", real)
+    assert len(_preds(out)) == 3
+    # ...and a half-written line on top, as a kill during write() leaves it.
+    with open(out, "a") as fh:
+        fh.write('{"id": "r7", "query": "<ima')
+    result = _run("--query-file", queries, "--image-folder", images, "--output", out, "--model", ckpt,
+                  "--batch-size", "3", *GEN)
+    assert result.exit_code == 0, result.output
+    assert "half-written" in result.output and "3 already done" in result.output
+    assert _preds(out) == _preds(full)
+
+
+@pytest.mark.parametrize("k", [3, 20])
+def test_chunks_cover_every_record_once_and_merge(ckpt, images, queries, tmp_path, k):
+    for i in range(k):
+        result = _run("--query-file", queries, "--image-folder", images, "--output", tmp_path / f"p_{i}.jsonl",
+                      "--model", ckpt, "--num-chunks", k, "--chunk-idx", i, *GEN)
+        assert result.exit_code == 0, result.output
+    files = sorted(tmp_path.glob("p_*.jsonl"))
+    assert len(files) == k  # empty chunks (k > records) still leave an (empty) file
+    merged = CliRunner().invoke(app, ["merge-chunks", *map(str, files), "--output", str(tmp_path / "all.jsonl"),
+                                      "--query-file", str(queries)])
+    # The two bad-image records are missing from every chunk: reported, exit 1 unless --allow-missing.
+    assert merged.exit_code == 1 and "2 id(s) of the query file not predicted" in merged.output
+    assert sorted(_preds(tmp_path / "all.jsonl")) == sorted(f"r{i}" for i in range(8))
+
+
+def test_bad_chunk_index_and_gpus_without_gpus(ckpt, images, queries, tmp_path):
+    result = _run("--query-file", queries, "--image-folder", images, "--output", tmp_path / "p.jsonl",
+                  "--model", ckpt, "--num-chunks", "2", "--chunk-idx", "2", *GEN)
+    assert result.exit_code == 2 and "--chunk-idx 2 is outside 0..1" in result.output
+    result = _run("--query-file", queries, "--image-folder", images, "--output", tmp_path / "p.jsonl",
+                  "--model", ckpt, "--gpus", "2")
+    assert result.exit_code == 2 and "only 0 CUDA GPU(s) visible" in result.output
+
+
+def test_needs_exactly_one_mode_and_a_folder(ckpt, queries, tmp_path):
+    assert "either --image" in _run("--model", ckpt).output
+    result = _run("--query-file", queries, "--output", tmp_path / "p.jsonl", "--model", ckpt)
+    assert result.exit_code == 2 and "--image-folder" in result.output
