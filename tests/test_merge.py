@@ -137,6 +137,20 @@ def test_physionet_records_filtered_and_reprompted_like_the_reference(tmp_path):
     assert dict(qs.skipped) == {"not_rule_based": 1, "not_frontal": 1, "no_findings": 1, "malformed_record": 1}
 
 
+def test_prepare_records_are_not_mistaken_for_physionet(tmp_path):
+    from llavarad_cli.infer.queries import read_queries
+    from llavarad_cli.prompts import conversations
+
+    record = {"id": "CXR7_IM-2263-1001", "image": "CXR7_IM-2263-1001.jpg", "view": "Frontal", "split": "test",
+              "reason": "Preop lumbar surgery", "findings": "Clear.", "generate_method": "rule-based",
+              "conversations": conversations("Preop lumbar surgery", "Clear.")}
+    (tmp_path / "test.json").write_text(json.dumps([record]))
+    qs = read_queries(tmp_path / "test.json")
+    assert qs.source_format == "records" and not qs.skipped
+    assert qs.queries[0].query == record["conversations"][0]["value"]
+    assert qs.queries[0].reference == "Clear."
+
+
 def test_query_file_errors_are_one_line(tmp_path):
     from llavarad_cli.infer.queries import read_queries
 

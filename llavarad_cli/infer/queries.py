@@ -34,7 +34,9 @@ class QuerySet:
 
 
 def _is_physionet(item: dict[str, Any]) -> bool:
-    return "generate_method" in item
+    """PhysioNet records carry ``generate_method`` but, unlike ``prepare``'s records, no ``split`` (the split
+    is the file)."""
+    return "generate_method" in item and "split" not in item
 
 
 def _turn(item: dict[str, Any], who: str) -> Any:
