@@ -1,0 +1,177 @@
+"""Training end to end on tiny models and real Open-I records.
+
+Three tests start real DeepSpeed workers through `deepspeed.launcher.runner` (2 CPU processes, gloo): stage 1,
+stage 2 (whose output `llavarad infer` loads), and a stage-2 run whose rank 1 is SIGKILLed mid-run and then
+resumed by rerunning the same command. One more trains in this process (world size 1) to check counted skips
+and resume after a lost checkpoint without paying for subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import _train_setup as ts
+from llavarad_cli.cli import app
+
+runner = CliRunner()
+# Every optimizer step sees all 4 records (2 workers x 1 per device x 2 accumulation): loss must fall.
+TRAIN = {"global_batch_size": 4, "per_device_batch_size": 1, "epochs": 6}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _same(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cli(stage: str, spec: Path, *extra: str, env: dict | None = None):
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return runner.invoke(app, [stage, str(spec), "--num-workers", "2",
+                                   "--set", f"launcher.master_port={_free_port()}", *extra])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return ts.tiny_assets(tmp_path_factory.mktemp("assets"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, assets):
+    root = tmp_path_factory.mktemp("pretrain")
+    spec = ts.write_spec(root / "pretrain.yaml", "pretrain", assets, root / "out",
+                         train={**TRAIN, "learning_rate": 0.05}, output={"save_steps": 2, "save_total_limit": 2})
+    result = _cli("pretrain", spec)
+    assert result.exit_code == 0, result.output
+    return root / "out"
+
+
+def _finetune_spec(root: Path, assets: dict, projector: Path) -> Path:
+    return ts.write_spec(root / "finetune.yaml", "finetune", assets, root / "out",
+                         model={"pretrained_projector": str(projector)},
+                         train={**TRAIN, "learning_rate": 0.01, "lr_scheduler": "cosine", "warmup_ratio": 0.2},
+                         output={"save_steps": 2, "save_total_limit": 1})
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, assets, pretrained):
+    root = tmp_path_factory.mktemp("finetune")
+    result = _cli("finetune", _finetune_spec(root, assets, pretrained / "projector.safetensors"), "--merge")
+    assert result.exit_code == 0, result.output
+    return root / "out"
+
+
+def test_pretrain_on_two_workers_trains_the_projector_only(pretrained):
+    import torch
+
+    losses = _losses(pretrained)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    native = json.loads((pretrained / "llavarad.json").read_text())
+    assert native["lm_weights"] == "none" and native["template"] == "plain"
+    assert not (pretrained / "adapter_model.safetensors").exists()
+    projector = _tensors(pretrained / "projector.safetensors")
+    # The reference's file, with its key names, for LLaVA's own scripts.
+    legacy = torch.load(pretrained / "mm_projector.bin", weights_only=True)
+    assert sorted(legacy) == sorted(f"model.mm_projector.{k}" for k in projector)
+    assert all(torch.equal(legacy[f"model.mm_projector.{k}"], v) for k, v in projector.items())
+    # save_total_limit 2 of checkpoints 2, 4, 6; each one complete with optimizer, RNG and data position.
+    kept = sorted(p.name for p in pretrained.glob("checkpoint-*"))
+    assert kept == ["checkpoint-4", "checkpoint-6"]
+    state = json.loads((pretrained / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and state["world_size"] == 2 and state["samples_seen"] == 24
+    assert sorted(p.name for p in (pretrained / "checkpoint-6" / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
+    assert (pretrained / "loss_curve.png").stat().st_size > 0
+
+
+def test_finetune_on_two_workers_loads_in_infer_and_generates(finetuned, assets, pretrained):
+    losses = _losses(finetuned)
+    assert losses[-1] < losses[0]
+    native = json.loads((finetuned / "llavarad.json").read_text())
+    assert native["lm_weights"] == "adapter" and native["template"] == "v1"
+    adapter_cfg = json.loads((finetuned / "adapter_config.json").read_text())
+    assert set(adapter_cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                  "down_proj"}
+    assert adapter_cfg["r"] == 4 and adapter_cfg["lora_alpha"] == 8
+    # The projector trained on from stage 1.
+    assert not _same(_tensors(finetuned / "projector.safetensors"), _tensors(pretrained / "projector.safetensors"))
+    image = str(assets["images"] / "CXR7_IM-2263-1001.png")
+    for model in (finetuned, finetuned / "merged"):
+        result = runner.invoke(app, ["infer", "--image", image, "--reason", "Preop lumbar surgery",
+                                     "--model", str(model), "--device", "cpu", "--max-new-tokens", "8", "--json"])
+        assert result.exit_code == 0, result.output
+        answer = json.loads(result.output[result.output.index("{"):])
+        assert isinstance(answer["findings"], str) and answer["model"] == str(model)
+
+
+def test_killed_worker_is_reported_and_rerun_resumes_to_identical_weights(tmp_path, assets, pretrained, finetuned):
+    spec = _finetune_spec(tmp_path, assets, pretrained / "projector.safetensors")
+    killed = _cli("finetune", spec, env={"LLAVARAD_DEBUG_KILL_AFTER_STEP": "1:3"})
+    assert killed.exit_code == 1
+    assert "rank 1" in killed.output and "resume" in killed.output
+    out = tmp_path / "out"
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert not (out / "llavarad.json").exists()
+    resumed = _cli("finetune", spec)
+    assert resumed.exit_code == 0, resumed.output
+    for name in ("adapter_model.safetensors", "projector.safetensors"):
+        assert _same(_tensors(out / name), _tensors(finetuned / name)), name
+    assert _losses(out) == _losses(finetuned)
+
+
+def test_in_process_run_counts_unreadable_images_and_resumes_after_a_lost_checkpoint(tmp_path, assets, monkeypatch):
+    from llavarad_cli import specs
+    from llavarad_cli.train.worker import Trainer
+
+    records = json.loads(Path(assets["records"]).read_text())
+    broken = dict(records[0], id="broken", image="no-such-image.png")
+    (tmp_path / "records.json").write_text(json.dumps(records + [broken]))
+    spec_path = ts.write_spec(tmp_path / "run.yaml", "finetune", {**assets, "records": tmp_path / "records.json"},
+                              tmp_path / "out", data={"num_workers": 1},
+                              train={"global_batch_size": 5, "per_device_batch_size": 5, "epochs": 4,
+                                     "learning_rate": 0.01, "lr_scheduler": "cosine"},
+                              output={"save_steps": 2, "save_total_limit": 3})
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    spec = specs.load_spec(spec_path, "finetune")
+    first = Trainer(spec).run()
+    out = tmp_path / "out"
+    assert first["steps"] == 4 and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert first["skipped"]["unreadable-image"] == 4  # the broken record, read once per epoch
+    skipped = [json.loads(line) for line in (out / "logs" / "skipped-rank0.jsonl").read_text().splitlines()]
+    assert {s["id"] for s in skipped} == {"broken"}
+    final = {n: _tensors(out / n) for n in ("adapter_model.safetensors", "projector.safetensors")}
+    # Lose the last checkpoint and the outputs: rerunning resumes at step 2 and lands on the same weights.
+    shutil.rmtree(out / "checkpoint-4")
+    (out / "llavarad.json").unlink()
+    second = Trainer(spec).run()
+    assert second["skipped"] == first["skipped"]
+    for name, tensors in final.items():
+        assert _same(_tensors(out / name), tensors), name
