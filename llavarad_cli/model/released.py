@@ -106,7 +106,12 @@ def merge_lora(lm, adapter_config: Path, adapter_file: Path, trust_pickle: bool 
     state = load_state_file(adapter_file, trust_pickle)
     if not any("lora_" in k for k in state):
         raise UserError(f"{adapter_file}: holds no LoRA weights")
-    peft_model = get_peft_model(lm, peft_config)
+    import warnings
+
+    with warnings.catch_warnings():
+        # PEFT asks transformers an outdated gradient-checkpointing question; harmless at inference.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(lm, peft_config)
     result = set_peft_model_state_dict(peft_model, state)
     missing_lora = [k for k in result.missing_keys if "lora_" in k] + list(result.unexpected_keys)
     if missing_lora:
