@@ -72,3 +72,10 @@ def test_sorted_batches_give_the_same_labels_as_one_at_a_time(tiny):
     assert (one == sorted_).all() and (one == unsorted).all()
     assert set(np.unique(one[:, :13])) <= {0, 1, 2, 3} and set(np.unique(one[:, 13])) <= {0, 1}
     assert len({tuple(r) for r in one}) > 1  # the labels depend on the text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_asking_for_a_missing_gpu_is_a_user_error(tiny):
+    _, tok, _, model = tiny
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        chexbert.label_texts(model, tok, ["x"], device="cuda")

@@ -44,17 +44,22 @@ def chexbert_weights(local: Path | None) -> Path:
 
 
 def chexbert_tokenizer(source: str | None):
-    """The bert-base-uncased WordPiece tokenizer, from a local folder or the hub id."""
-    from transformers import AutoTokenizer
+    """The bert-base-uncased WordPiece tokenizer: its vocab.txt (or a folder holding it), else a hub id."""
+    from transformers import AutoTokenizer, BertTokenizer
 
     source = source or CHEXBERT_TOKENIZER
+    local = Path(source)
+    vocab = local / "vocab.txt" if local.is_dir() else local
+    if vocab.is_file() and vocab.suffix == ".txt":
+        # vocab.txt is all bert-base-uncased's tokenizer is: lower-casing WordPiece, [CLS]/[SEP]/[PAD]=0
+        return BertTokenizer(vocab=str(vocab), do_lower_case=True)
     try:
         return AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         raise MetricSkipped(
             f"needs the {CHEXBERT_TOKENIZER} tokenizer (vocab.txt) and could not load {source!r} "
-            f"({type(exc).__name__}); save it with `hf download {CHEXBERT_TOKENIZER} vocab.txt tokenizer_config.json "
-            f"--local-dir DIR` and pass --chexbert-tokenizer DIR"
+            f"({type(exc).__name__}); save it with `hf download {CHEXBERT_TOKENIZER} vocab.txt --local-dir DIR` and "
+            f"pass --chexbert-tokenizer DIR"
         ) from None
 
 

@@ -99,6 +99,8 @@ def label_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 128, d
     import torch
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible here", hint="use --device cpu")
     model.to(device).eval()
     encoded = [encode(tokenizer, t) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i])) if sort_by_length else list(range(len(texts)))
