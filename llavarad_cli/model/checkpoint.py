@@ -170,9 +170,10 @@ def detect_layout(model: str) -> str:
     if is_local(model):
         where = f"the folder {Path(model).expanduser()}"
     elif hub_offline():
-        where = f"the local Hugging Face cache for {model} (offline: HF_HUB_OFFLINE=1, the hub was not asked)"
+        where = (f"a local folder `{model}` (none here) or the local Hugging Face cache for it "
+                 "(offline: HF_HUB_OFFLINE=1, the hub was not asked)")
     else:
-        where = f"the hub repo {model}"
+        where = f"a local folder `{model}` (none here) or the hub repo {model}"
     raise UserError(f"no model found: neither {NATIVE_CONFIG} nor config.json in {where}",
                     hint="--model takes the released microsoft/llava-rad layout or a llavarad checkpoint folder")
 
