@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from llavarad_cli.cli import app
 
 runner = CliRunner()
-VECTORS = None
 
 
 def _vectors(data_dir):
@@ -155,3 +154,20 @@ def test_chexprompt_against_local_server(tmp_path, preds):
         assert len(server.requests) == 10
     finally:
         server.close()
+
+
+def test_model_metric_skips_name_the_missing_file(tmp_path, preds):
+    from llavarad_cli.evaluate import fixtures
+
+    path, _ = preds
+    res = runner.invoke(app, ["evaluate", str(path), "--metrics", "bleu,chexbert,radgraph", "--bootstrap", "0",
+                              "--chexbert-weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    skipped = json.loads((tmp_path / "ev/metrics.json").read_text())["skipped"]
+    assert "none.pth: file not found" in skipped["F1-CheXbert"]
+    fixtures.random_chexbert(tmp_path / "w" / "chexbert.pth", fixtures.tiny_bert_config(100))
+    res = runner.invoke(app, ["evaluate", str(path), "--metrics", "chexbert", "--bootstrap", "0", "--chexbert-weights",
+                              str(tmp_path / "w"), "--chexbert-tokenizer", str(tmp_path / "no-tok"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    reason = json.loads((tmp_path / "ev/metrics.json").read_text())["skipped"]["F1-CheXbert"]
+    assert "vocab.txt" in reason and "--chexbert-tokenizer" in reason

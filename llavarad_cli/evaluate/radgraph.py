@@ -59,7 +59,9 @@ def _unpacked_dir(archive: Path) -> Path:
     if not (target / "weights.th").is_file():
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(path=target, filter="data")
+            # the "data" filter refuses absolute paths and links out of the folder (Python >= 3.10.12)
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(path=target, **kwargs)
     return target
 
 
