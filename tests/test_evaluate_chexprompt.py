@@ -133,10 +133,13 @@ def test_azure_url_and_header(server, tmp_path, monkeypatch):
 def test_wrong_key_is_a_user_error_and_keeps_earlier_ratings(server, tmp_path):
     rate_pairs(["a"], ["b"], _cfg(server, tmp_path))
     server.default = (401, None, {})
+    before = len(server.requests)
     with pytest.raises(UserError, match="HTTP 401"):
-        rate_pairs(["a", "c"], ["b", "d"], _cfg(server, tmp_path, workers=1))
+        rate_pairs(["a"] + [f"r{i}" for i in range(20)], ["b"] + [f"c{i}" for i in range(20)],
+                   _cfg(server, tmp_path, workers=1))
+    assert len(server.requests) - before <= 2  # the queued requests were dropped, not each sent
     server.default = (200, GOOD, {})
-    _, stats = rate_pairs(["a", "c"], ["b", "d"], _cfg(server, tmp_path))
+    _, stats = rate_pairs(["a", "r0"], ["b", "c0"], _cfg(server, tmp_path))
     assert stats["cached"] == 1 and stats["requested"] == 1
 
 

@@ -174,7 +174,8 @@ def rate_pairs(references: Sequence[str], candidates: Sequence[str], cfg: Chexpr
         return key, rating
 
     if todo:
-        with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers))
+        try:
             for key, rating in pool.map(ask, list(todo)):
                 stats["requested"] += 1
                 if rating is None:
@@ -183,6 +184,11 @@ def rate_pairs(references: Sequence[str], candidates: Sequence[str], cfg: Chexpr
                     ratings[i] = rating
                 if progress is not None:
                     progress(len(todo[key]))
+        except BaseException:
+            # a wrong key or Ctrl-C: drop the queued requests instead of sending each one; the cache keeps the rest
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     return ratings, stats
 
 
