@@ -1,8 +1,10 @@
 """The image step of `prepare`: check every kept image, or write a resized JPEG copy of it.
 
 Speed comes from the JPEG decoder's reduced-size decoding (`Image.draft`): a 2500x3000 MIMIC image asked for at
-shortest side 518 is decoded at 1/4 scale directly from the DCT coefficients, never at full size. Copies are
-written atomically, and an existing copy is reused, so a rerun after an interruption carries on.
+shortest side 518 is decoded at 1/4 scale (625x750) straight from the DCT coefficients, so neither the full-size
+inverse DCT nor a resample of 7.5 million pixels happens. The entropy decoding still reads every byte and is
+what remains of the cost. Copies are written atomically, and an existing copy is reused, so a rerun after an
+interruption carries on.
 """
 
 from __future__ import annotations
