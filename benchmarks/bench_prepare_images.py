@@ -41,7 +41,7 @@ def make_image(seed: int, width: int, height: int) -> bytes:
     body = 90 + 60 * np.exp(-(((x - width / 2) / (width * 0.45)) ** 2))
     for cx in (0.32, 0.68):
         body += 70 * np.exp(-(((x - width * cx) / (width * 0.14)) ** 2 + ((y - height * 0.45) / (height * 0.3)) ** 2))
-    # Grain tuned so a quality-95 file is ~1.5 MB, the mean size of a MIMIC-CXR-JPG image (570 GB / 377,110).
+    # Grain tuned so a quality-95 file is ~1.6 MB, about what we expect of a MIMIC-CXR-JPG image (not measured).
     body += 12 * np.sin(y / (height / 40.0)) + rng.normal(0, 2.2, size=body.shape)
     pixels = np.clip(body, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
