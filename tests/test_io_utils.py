@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from llavarad_cli import io_utils
+from llavarad_cli.errors import UserError
+
+
+def test_atomic_write_leaves_no_temp_and_follows_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "sub" / "out.json"
+        io_utils.atomic_write_json(target, {"a": 1})
+    finally:
+        os.umask(old)
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        io_utils.atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_read_json_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a": ')
+    with pytest.raises(UserError, match=r"bad.json: not valid JSON \(line 1"):
+        io_utils.read_json(bad)
+    with pytest.raises(UserError, match="file not found"):
+        io_utils.read_json(tmp_path / "missing.json")
