@@ -74,29 +74,34 @@ def load_stage1_projector(projector, path: Path) -> None:
 
 def build_training_model(spec: RunSpec):
     """(LlavaRadModel with only the stage's trainable parameters requiring grad, tokenizer)."""
-    import torch
-
-    from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
     from llavarad_cli.model.loading import load_lm, load_tokenizer
-    from llavarad_cli.model.projector import build_projector
     from llavarad_cli.model.vision import build_vision_tower
 
     dtype = torch_dtype(spec.train.precision)
     tokenizer = load_tokenizer(spec.model.base)
     tokenizer.padding_side = "right"
     lm = load_lm(spec.model.base, dtype, worker_device(), spec.model.attn_implementation)
-    lm.config.use_cache = False
-    lm.requires_grad_(False)
-
     config_path, checkpoint_path = tower_files(spec)
     tower = build_vision_tower(config_path, checkpoint_path, select_layer=spec.model.vision_tower.select_layer)
-    tower.to(dtype)
+    return assemble_training_model(lm, tower, spec), tokenizer
 
+
+def assemble_training_model(lm, tower, spec: RunSpec):
+    """Freeze the LM and tower, add the (seeded or stage-1) projector, LoRA on the LM alone, checkpointing."""
+    import torch
+
+    from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
+    from llavarad_cli.model.projector import build_projector
+
+    dtype = torch_dtype(spec.train.precision)
+    lm.config.use_cache = False
+    lm.requires_grad_(False)
+    tower.to(dtype)
     torch.manual_seed(spec.train.seed)
     projector = build_projector(spec.model.projector_type, tower.hidden_size, lm.config.hidden_size)
     if spec.model.pretrained_projector is not None:
         load_stage1_projector(projector, spec.model.pretrained_projector)
-    projector.to(dtype)
+    projector.to(device=lm.device, dtype=dtype)
     projector.requires_grad_(True)
 
     if spec.lora.enabled:
@@ -115,9 +120,8 @@ def build_training_model(spec: RunSpec):
 
     llava_config = LlavaRadConfig(projector_type=spec.model.projector_type, mm_hidden_size=tower.hidden_size,
                                   select_layer=spec.model.vision_tower.select_layer,
-                                  vision_config_name=config_path.stem, template=spec.data.template)
-    model = LlavaRadModel(lm, tower, projector, llava_config)
-    return model, tokenizer
+                                  vision_config_name=tower.name or "vision_tower", template=spec.data.template)
+    return LlavaRadModel(lm, tower, projector, llava_config)
 
 
 def parameter_groups(model, spec: RunSpec) -> list[dict]:

@@ -129,6 +129,9 @@ def deepspeed_config(spec: RunSpec, world_size: int) -> dict:
         # The worker builds a torch AdamW (with the projector's own LR group) and the spec's LR schedule.
         cfg.pop("optimizer", None)
         cfg.pop("scheduler", None)
+    if int(cfg.get("zero_optimization", {}).get("stage", 0)) == 3:
+        # Saving adapters/projector and resuming assume whole parameters on every rank (ZeRO 0-2).
+        raise UserError("ZeRO stage 3 is not supported for training yet", hint="use deepspeed.zero_stage 2 (the paper's)")
     cfg["zero_allow_untested_optimizer"] = True
     cfg.setdefault("steps_per_print", 10**9)  # the worker prints its own progress
     cfg.setdefault("wall_clock_breakdown", False)
