@@ -168,3 +168,76 @@ def test_stage_mistakes_are_one_line_errors(tmp_path, assets):
     result = runner.invoke(app, ["finetune", str(path), "--dry-run",
                                  "--set", "model.pretrained_projector=/nope.safetensors"])
     assert result.exit_code == 2 and "file not found" in result.output
+
+
+def test_lora_never_reaches_projector_tower_or_lm_head_and_projector_lr_is_its_own(tmp_path, assets):
+    from llavarad_cli.train.build import build_training_model, parameter_groups
+
+    _, spec = _spec(tmp_path, assets, train={"projector_learning_rate": 2e-3, "learning_rate": 1e-4})
+    model, tokenizer = build_training_model(spec)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("projector.") or "lora_" in n for n in trainable)
+    assert {n.split(".")[0] for n in trainable} == {"projector", "lm"}
+    lora_layers = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable if "lora_" in n}
+    assert lora_layers == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert not any("lm_head" in n for n in trainable)
+    groups = {g["name"]: g for g in parameter_groups(model, spec)}
+    assert groups["projector"]["lr"] == 2e-3 and groups["lora"]["lr"] == 1e-4
+    assert tokenizer.padding_side == "right"
+    # Seeded: the same spec builds the same projector and LoRA initialisation (the reference's were not).
+    again, _ = build_training_model(spec)
+    import torch
+
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(model.named_parameters(), again.named_parameters()))
+
+
+def test_stage1_projector_loads_from_the_reference_file_and_a_wrong_one_is_refused(tmp_path, assets):
+    import torch
+
+    from llavarad_cli.train.build import build_training_model
+
+    _, spec = _spec(tmp_path, assets, stage="pretrain")
+    model, _ = build_training_model(spec)
+    legacy = {f"model.mm_projector.{k}": v + 1 for k, v in model.projector.state_dict().items()}
+    torch.save(legacy, tmp_path / "mm_projector.bin")
+    _, ft = _spec(tmp_path, assets, model={"pretrained_projector": str(tmp_path / "mm_projector.bin")})
+    loaded, _ = build_training_model(ft)
+    assert all(torch.equal(loaded.projector.state_dict()[k], legacy[f"model.mm_projector.{k}"]) for k in
+               loaded.projector.state_dict())
+    _, wrong = _spec(tmp_path, assets, model={"pretrained_projector": str(tmp_path / "mm_projector.bin"),
+                                              "projector_type": "linear"})
+    with pytest.raises(UserError, match="projector"):
+        build_training_model(wrong)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_example_specs_are_complete_and_hold_the_paper_recipe(tmp_path, assets, stage):
+    root = Path(__file__).resolve().parents[1]
+    data = specs.read_yaml(root / "examples" / f"{stage}.yaml")
+    defaults = specs._defaults_as_dict(stage)
+    assert set(data) == set(defaults)
+    for section in ("train", "lora", "deepspeed", "launcher", "output"):
+        assert set(data[section]) == set(defaults[section]), section
+    (tmp_path / "p.safetensors").write_bytes(b"")
+    paths = [f"data.train_records={assets['records']}", f"data.image_folder={assets['images']}"]
+    if stage == "finetune":
+        paths.append(f"model.pretrained_projector={tmp_path / 'p.safetensors'}")
+    spec = specs.build_spec(stage, data, paths)
+    recipe = {"pretrain": (1e-3, 1, 256, "plain", False), "finetune": (1e-4, 3, 64, "v1", True)}[stage]
+    assert (spec.train.learning_rate, spec.train.epochs, spec.train.global_batch_size, spec.data.template,
+            spec.lora.enabled) == recipe
+    assert spec.train.lr_scheduler == "cosine" and spec.train.warmup_ratio == 0.03 and spec.train.weight_decay == 0
+    assert spec.deepspeed.zero_stage == 2 and spec.train.precision == "bf16"
+    if stage == "finetune":
+        assert (spec.lora.r, spec.lora.alpha, spec.lora.dropout, spec.lora.target_modules) == (64, 128, 0.05,
+                                                                                             "all-linear")
+
+
+def test_a_changed_spec_is_named_on_resume(tmp_path, assets):
+    from llavarad_cli.train.worker import changed_settings
+
+    _, spec = _spec(tmp_path, assets)
+    saved = spec.model_dump(mode="json")
+    assert changed_settings(saved, spec) == []
+    _, other = _spec(tmp_path, assets, train={"learning_rate": 0.5}, output={"logging_steps": 7})
+    assert changed_settings(saved, other) == ["train.learning_rate"]

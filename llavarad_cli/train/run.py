@@ -88,6 +88,12 @@ def launch(plan: RunPlan, console: Console) -> dict:
     from llavarad_cli.specs import write_resolved_spec
 
     n = check_records(plan.spec)
+    if n < plan.spec.train.global_batch_size:
+        raise UserError(f"{plan.spec.data.train_records}: {n} records, fewer than one global batch "
+                        f"({plan.spec.train.global_batch_size})", hint="lower train.global_batch_size")
+    if plan.spec.stage == "finetune" and plan.spec.model.pretrained_projector is None:
+        console.print("[yellow]warning:[/] model.pretrained_projector is not set: stage 2 starts from a freshly "
+                      "initialised projector, not a stage-1 one", highlight=False)
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
     write_resolved_spec(plan.spec, out)

@@ -108,6 +108,9 @@ class Trainer:
             start = int(state["global_step"])
             base_counts = state.get("skipped", {}) if self.rank == 0 else {}
             self.say(f"resumed from {latest.name} (step {start} of {total})")
+            changed = changed_settings(state.get("spec", {}), spec)
+            if changed:
+                self.say(f"[yellow]warning:[/] the spec changed since {latest.name}: {', '.join(changed)}")
         self.counts = torch.zeros(len(SKIP_REASONS) + 1, dtype=torch.float64)
         for i, reason in enumerate(SKIP_REASONS + ("truncated",)):
             self.counts[i] = float(base_counts.get(reason, 0))
@@ -218,7 +221,8 @@ class Trainer:
 
         state = {"global_step": step, "epoch": plan.epoch_of(step), "step_in_epoch": step % plan.steps_per_epoch,
                  "samples_seen": step * plan.global_batch, "world_size": self.world,
-                 "skipped": self._global_counts(), "stage": self.spec.stage}
+                 "skipped": self._global_counts(), "stage": self.spec.stage,
+                 "spec": self.spec.model_dump(mode="json")}
         checkpoint.save(self.engine, self.out, step, state, self.rank,
                         lambda path: save_weights(self.model, self.spec, path), self.spec.output.save_total_limit,
                         dist.barrier)
@@ -252,6 +256,28 @@ class Trainer:
             from rich.console import Console
 
             Console(highlight=False).print(text)
+
+
+#: Sections whose change between a checkpoint and its resume alters what is trained.
+_TRAINING_SECTIONS = ("model", "data", "train", "lora")
+
+
+def changed_settings(saved: dict, spec) -> list[str]:
+    """Dotted keys of training settings that differ from those the checkpoint was written with."""
+    now = spec.model_dump(mode="json")
+    changed = []
+
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        elif a != b:
+            changed.append(prefix)
+
+    for section in _TRAINING_SECTIONS:
+        if section in saved:
+            walk(saved[section], now.get(section), section)
+    return changed
 
 
 def _kill_request(rank: int) -> int | None:
