@@ -121,13 +121,18 @@ def test_dataset_reads_real_images_and_counts_unusable_ones(tmp_path, tiny_token
 
     from llavarad_cli.train.dataset import Collator
 
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     records = [_record("cough"), _record(None, rid="8"),
                _record(None, image="missing.png", rid="9"), _record(None, image="../../../etc/passwd", rid="10")]
     ds = _dataset(tmp_path, tiny_tokenizer, records)
     items = [ds[i] for i in range(len(ds))]
+    ds.image_folder = tmp_path
+    assert ds[0]["skip"] == "missing-image"
+    ds.records = [_record(None, image="broken.png")]
+    assert ds[0]["skip"] == "unreadable-image" and "broken.png" in ds[0]["detail"]
     batch = Collator(pad_id=0)(items)
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape == (2, 3, 56, 56)
-    assert {s["reason"] for s in batch["skipped"]} == {"unreadable-image", "image-outside-folder"}
+    assert {s["reason"] for s in batch["skipped"]} == {"missing-image", "image-outside-folder"}
     # Right padding; the mask marks real positions (pad id 0 is also <unk>, so `ids != 0` would be wrong).
     lengths = batch["attention_mask"].sum(1).tolist()
     assert lengths == [len(items[0]["input_ids"]), len(items[1]["input_ids"])]

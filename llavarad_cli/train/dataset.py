@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from llavarad_cli.data.images import ImageProblem, load_image, resolve_image_path
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import read_json
 from llavarad_cli.prompts import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -31,27 +32,9 @@ def load_records(path: Path) -> list[dict]:
     return records
 
 
-def resolve_image(image_folder: Path, relative: str) -> Path | None:
-    """The record's image path inside ``image_folder``; None if it escapes the folder."""
-    root = Path(image_folder).resolve()
-    path = (root / relative).resolve()
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return None
-    return path
-
-
-def read_image_rgb(path: Path):
-    """Read a JPEG/PNG (or DICOM, when the data package can) as an RGB PIL image."""
-    from PIL import Image
-
-    if path.suffix.lower() == ".dcm":
-        from llavarad_cli.data import images as data_images  # prepare's reader handles DICOM windowing
-
-        return data_images.read_image(path).convert("RGB")
-    with Image.open(path) as img:
-        return img.convert("RGB")
+#: prepare/infer's image problems -> this module's skip reasons.
+IMAGE_SKIPS = {"missing_image": "missing-image", "unsafe_path": "image-outside-folder",
+               "unreadable_image": "unreadable-image"}
 
 
 class TrainingRecords:
@@ -75,13 +58,11 @@ class TrainingRecords:
         sample = build_sample(record, self.template, self.tokenizer, self.max_text_tokens)
         if isinstance(sample, SampleProblem):
             return {"skip": sample.reason, "detail": sample.detail, "id": rid}
-        path = resolve_image(self.image_folder, str(record["image"]))
-        if path is None:
-            return {"skip": "image-outside-folder", "detail": str(record["image"]), "id": rid}
         try:
-            image = read_image_rgb(path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable image is counted, never fatal
-            return {"skip": "unreadable-image", "detail": f"{path}: {exc.__class__.__name__}: {exc}", "id": rid}
+            # The same reader as prepare and infer: JPEG/PNG (8/16-bit) and DICOM, paths kept inside the folder.
+            image = load_image(resolve_image_path(self.image_folder, record["image"]))
+        except ImageProblem as problem:
+            return {"skip": IMAGE_SKIPS[problem.kind], "detail": problem.detail, "id": rid}
         return {"input_ids": sample.input_ids, "labels": sample.labels, "pixel_values": self.image_transform(image),
                 "truncated": sample.truncated, "id": rid}
 

@@ -23,7 +23,7 @@ from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
 
 #: Test hook: ``RANK:STEP`` makes that rank SIGKILL itself right after finishing optimizer step STEP.
 KILL_ENV = "LLAVARAD_DEBUG_KILL_AFTER_STEP"
-SKIP_REASONS = ("unreadable-image", "image-outside-folder", "mask-mismatch", "no-answer", "no-image-token",
+SKIP_REASONS = ("missing-image", "unreadable-image", "image-outside-folder", "mask-mismatch", "no-answer", "no-image-token",
                 "truncated-away", "bad-record")
 
 
