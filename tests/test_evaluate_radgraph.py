@@ -75,35 +75,3 @@ def test_missing_radgraph_package_is_a_skip_that_names_the_way_out(monkeypatch):
     monkeypatch.setitem(sys.modules, "radgraph", None)  # import fails, as when the package is absent
     with pytest.raises(MetricSkipped, match="--radgraph-annotations"):
         radgraph.require_package()
-
-
-def test_package_path_unpacks_the_archive_where_radgraph_looks(monkeypatch, tmp_path):
-    """The radgraph package (0.1.x API) is stood in by a fake: checks the wiring, not the model."""
-    import io
-    import sys
-    import tarfile
-    import types
-
-    seen = {}
-
-    class FakeRadGraph:
-        def __init__(self, model_type, model_cache_dir, cuda):
-            seen.update(model_type=model_type, cache=model_cache_dir, cuda=cuda)
-            assert (Path(model_cache_dir) / model_type / "weights.th").is_file()
-
-        def __call__(self, texts):
-            return {"0": ANNOTATION if texts[0] == TEXT else {"entities": {}}}
-
-    monkeypatch.setitem(sys.modules, "radgraph", types.SimpleNamespace(RadGraph=FakeRadGraph))
-    archive = tmp_path / "radgraph.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in (("config.json", b"{}"), ("weights.th", b"w"), ("vocabulary/ner_labels.txt", b"x")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    annotate = radgraph.package_annotator(archive, device="cpu")
-    assert seen["model_type"] == "radgraph" and seen["cuda"] == -1
-    rewards, _, _ = radgraph.radgraph_rewards([TEXT, "no entities here"], [TEXT, TEXT], annotate)
-    assert rewards.tolist() == [1.0, 0.0]
-    # a second load reuses the unpacked folder
-    radgraph.package_annotator(archive, device="cpu")

@@ -63,14 +63,32 @@ def chexbert_tokenizer(source: str | None):
         ) from None
 
 
+#: The BERT whose config and tokenizer radgraph.tar.gz's config.json names (its weights are inside weights.th).
+RADGRAPH_BERT = "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext"
+
+
+def radgraph_howto(dir_: str = "radgraph") -> str:
+    """The commands that put every file the RadGraph model reads into one folder."""
+    short = RADGRAPH_BERT.split("/")[-1]
+    return (f"`hf download {SCORERS_REPO} radgraph.tar.gz --revision {RADGRAPH_REVISION} --local-dir {dir_}` and "
+            f"`hf download {RADGRAPH_BERT} config.json vocab.txt tokenizer_config.json --local-dir {dir_}/{short}`, "
+            f"then pass --radgraph-weights {dir_}")
+
+
 def radgraph_archive(local: Path | None) -> Path:
-    """radgraph.tar.gz, or a folder holding it or its unpacked contents (config.json, weights.th, vocabulary/)."""
+    """radgraph.tar.gz, or a folder holding it or its unpacked contents (config.json, weights.th, vocabulary/).
+    The BERT tokenizer files the archive names are looked for beside it (radgraph_model.find_files)."""
     if local is not None:
         local = Path(local)
         if local.is_dir() and (local / "radgraph.tar.gz").is_file():
             return local / "radgraph.tar.gz"
         if local.is_file() or (local.is_dir() and (local / "weights.th").is_file()):
             return local
-        raise MetricSkipped(f"--radgraph-weights {local}: needs radgraph.tar.gz from {SCORERS_REPO} "
-                            f"(revision {RADGRAPH_REVISION}) or its unpacked folder")
-    return hub_file("radgraph.tar.gz", RADGRAPH_REVISION, "--radgraph-weights")
+        raise MetricSkipped(f"--radgraph-weights {local}: no radgraph.tar.gz (or its unpacked config.json, "
+                            f"weights.th, vocabulary/) there; get the files with {radgraph_howto()}")
+    try:
+        return hub_file("radgraph.tar.gz", RADGRAPH_REVISION, "--radgraph-weights")
+    except MetricSkipped:
+        raise MetricSkipped(f"needs radgraph.tar.gz from {SCORERS_REPO} (revision {RADGRAPH_REVISION[:8]}) and the "
+                            f"{RADGRAPH_BERT} tokenizer files; not found locally or in the hub cache; get them with "
+                            f"{radgraph_howto()}") from None

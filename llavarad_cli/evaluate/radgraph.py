@@ -1,17 +1,15 @@
 """F1-RadGraph: annotate each report with the original RadGraph model, then score the partial reward per pair.
 
 Annotations come from one of two places:
-- a file of precomputed annotations (``--radgraph-annotations``: JSONL lines ``{"text": ..., "annotation": ...}``),
-  for example written by RadGraph in another environment, since the ``radgraph`` package pins old transformers;
-- the ``radgraph`` package (its DyGIE model, ``model_type="radgraph"``) when it is importable here, run on
-  ``radgraph.tar.gz``.
+- the original RadGraph model (``radgraph.tar.gz``, the ``radgraph`` package's DyGIE code, ``model_type="radgraph"``)
+  run here on local files or the hub cache (radgraph_model.py);
+- a file of precomputed annotations (``--radgraph-annotations``: JSONL lines ``{"text": ..., "annotation": ...}``).
 Anything else: the metric is skipped with what it needs. This module does not re-implement the DyGIE model.
 """
 
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -51,53 +49,24 @@ def file_annotator(table: Mapping[str, Mapping]) -> Annotator:
     return annotate
 
 
-def _unpacked_dir(archive: Path) -> Path:
-    """A folder named ``radgraph`` holding the unpacked archive (the layout the package expects)."""
-    if archive.is_dir():
-        return archive
-    target = archive.parent / f".{archive.name}.unpacked" / "radgraph"
-    if not (target / "weights.th").is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive, "r:gz") as tar:
-            # the "data" filter refuses absolute paths and links out of the folder (Python >= 3.10.12)
-            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(path=target, **kwargs)
-    return target
-
-
 def require_package():
-    """The ``radgraph`` package's RadGraph class, or a skip that says how to get F1-RadGraph anyway."""
+    """Check that the ``radgraph`` package (the DyGIE model code) imports, else skip with how to install it."""
     try:
-        from radgraph import RadGraph
+        import radgraph.dygie.models.dygie  # noqa: F401
     except Exception as exc:
         raise MetricSkipped(
-            f"needs the `radgraph` package to run the RadGraph model (import failed: {type(exc).__name__}) plus "
-            "radgraph.tar.gz from StanfordAIMI/RRG_scorers; radgraph pins transformers<4.50, so run it in a separate "
-            "environment and pass its annotations with --radgraph-annotations FILE (see the README, Evaluate)") from None
-    return RadGraph
+            f"needs the `radgraph` package to run the RadGraph model (import failed: {type(exc).__name__}); install "
+            "it with `pip install radgraph==0.1.18`, or pass precomputed annotations with --radgraph-annotations FILE "
+            "(see the README, Evaluate)") from None
 
 
 def package_annotator(archive: Path, device: str | None = None) -> Annotator:
-    """RadGraph's own model through the ``radgraph`` package, on the given archive (no download)."""
-    RadGraph = require_package()
-    folder = _unpacked_dir(Path(archive))
-    cache_dir = folder.parent
-    if folder.name != "radgraph":  # the package looks for <cache>/<model_type>/
-        cache_dir = folder.parent / f".{folder.name}.cache"
-        cache_dir.mkdir(exist_ok=True)
-        link = cache_dir / "radgraph"
-        if not link.exists():
-            link.symlink_to(folder.resolve(), target_is_directory=True)
-    cuda = None if device is None else (-1 if device == "cpu" else int(device.split(":")[1]) if ":" in device else 0)
-    model = RadGraph(model_type="radgraph", model_cache_dir=str(cache_dir), cuda=cuda)
+    """The original RadGraph model on ``archive`` (radgraph.tar.gz or its unpacked folder); nothing is downloaded
+    except, when online, the BERT tokenizer files the archive names and no local copy provides."""
+    from llavarad_cli.evaluate.radgraph_model import RadGraphAnnotator, find_files
 
-    def annotate(texts: Sequence[str]) -> list:
-        out = []
-        for text in texts:  # batch size 1, as the paper ran it
-            result = model([text])
-            out.append(result.get("0", {}))
-        return out
-    return annotate
+    require_package()
+    return RadGraphAnnotator(find_files(Path(archive)), device)
 
 
 def radgraph_rewards(hyps: Sequence[str], refs: Sequence[str], annotate: Annotator,

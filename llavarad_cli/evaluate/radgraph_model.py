@@ -1,0 +1,256 @@
+"""The original RadGraph model (DyGIE++ over PubMedBERT, ``radgraph.tar.gz``), run offline on local files.
+
+Built from the ``radgraph`` package's own pieces (its vendored allennlp + dygie: vocabulary, reader, DyGIE model,
+output conversion), not through its ``RadGraph`` class, because that class downloads on a cache miss, prints, and
+hands the BERT name from the archive's config.json straight to ``from_pretrained`` (a hub look-up). Here every
+file is resolved first, locally or from the hub cache, and the model code only ever sees local folders.
+
+Files the model needs (what ``RadGraph(model_type="radgraph")`` loads):
+- ``radgraph.tar.gz`` from StanfordAIMI/RRG_scorers: ``config.json`` (allennlp-style), ``weights.th`` (the whole
+  model, BERT included), ``vocabulary/`` (entity and relation label namespaces);
+- the config and tokenizer of the BERT named in that config.json (``config.json``, ``vocab.txt``,
+  ``tokenizer_config.json``; the BERT weights are not read: ``weights.th`` holds them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from llavarad_cli.evaluate.assets import SCORERS_REPO, MetricSkipped
+
+#: The BERT files read from the folder named in the archive's config.json (no weights: weights.th has them).
+BERT_FILES = ("config.json", "vocab.txt", "tokenizer_config.json")
+#: The parts of config["model"] that are training-time settings, not DyGIE constructor arguments.
+_NOT_MODEL_ARGS = ("type", "embedder", "initializer", "module_initializer")
+
+
+@dataclass
+class RadGraphFiles:
+    model_dir: Path  # the unpacked archive: config.json, weights.th, vocabulary/
+    bert_dir: Path   # config.json + vocab.txt (+ tokenizer_config.json) of the BERT the config names
+
+
+def bert_name(model_dir: Path) -> str:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return config["dataset_reader"]["token_indexers"]["bert"]["model_name"]
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llavarad" / "radgraph"
+
+
+def unpack(archive: Path) -> Path:
+    """The unpacked model folder: ``archive`` itself when it is a folder, else a cached extraction of it (keyed by
+    path, size and time, written to a temporary folder and renamed, so a killed run never leaves half a model)."""
+    archive = Path(archive)
+    if archive.is_dir():
+        return archive
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = _cache_root() / key
+    if (target / "weights.th").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=target.parent))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            # the "data" filter refuses absolute paths and links out of the folder (Python >= 3.10.12)
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(path=tmp, **kwargs)
+        inner = tmp if (tmp / "weights.th").is_file() else next((p.parent for p in tmp.rglob("weights.th")), None)
+        if inner is None:
+            raise MetricSkipped(f"{archive}: no weights.th inside; expected radgraph.tar.gz from {SCORERS_REPO}")
+        try:
+            inner.rename(target)
+        except OSError:  # another process unpacked it first
+            if not (target / "weights.th").is_file():
+                raise
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise MetricSkipped(f"{archive}: cannot unpack ({type(exc).__name__}: {exc}); expected radgraph.tar.gz "
+                            f"from {SCORERS_REPO}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _has_bert_files(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "vocab.txt").is_file()
+
+
+def resolve_bert(name: str, search: Sequence[Path], flag_dir: str = "DIR") -> Path:
+    """A local folder with the BERT config + tokenizer the archive names: ``<search>/<last part of the name>`` or
+    ``<search>/<full name>``, else the hub (or its cache; honours HF_HUB_OFFLINE), else a skip with the command."""
+    short = name.rstrip("/").split("/")[-1]
+    as_path = Path(name)
+    candidates = [as_path] if as_path.is_absolute() else []
+    for base in search:
+        candidates += [Path(base) / short, Path(base) / name]
+    for folder in candidates:
+        if _has_bert_files(folder):
+            return folder
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(name, allow_patterns=list(BERT_FILES)))
+        if _has_bert_files(folder):
+            return folder
+        problem = "the download has no config.json/vocab.txt"
+    except Exception as exc:  # offline, no cache, network down: all mean "not available here"
+        problem = type(exc).__name__
+    raise MetricSkipped(
+        f"needs the tokenizer and config of {name} (named in radgraph.tar.gz's config.json) and could not get them "
+        f"({problem}); download them with `hf download {name} {' '.join(BERT_FILES)} --local-dir {flag_dir}/{short}` "
+        f"and pass --radgraph-weights {flag_dir} (the folder holding radgraph.tar.gz)")
+
+
+def find_files(archive: Path) -> RadGraphFiles:
+    """Unpack the archive and find its BERT: beside the archive, inside the unpacked folder, or from the hub."""
+    archive = Path(archive)
+    if archive.is_dir() and not (archive / "weights.th").exists() and (archive / "radgraph.tar.gz").is_file():
+        archive = archive / "radgraph.tar.gz"
+    model_dir = unpack(archive)
+    for needed in ("config.json", "weights.th", "vocabulary"):
+        if not (model_dir / needed).exists():
+            raise MetricSkipped(f"{model_dir}: no {needed}; expected the contents of radgraph.tar.gz from "
+                                f"{SCORERS_REPO}")
+    search = [archive if archive.is_dir() else archive.parent, model_dir]
+    shown = str(archive if archive.is_dir() else archive.parent)
+    return RadGraphFiles(model_dir, resolve_bert(bert_name(model_dir), search, shown))
+
+
+def load_vocabulary(folder: Path):
+    """allennlp's ``Vocabulary.from_files`` without its lock file, so a read-only model folder works."""
+    from radgraph.allennlp.common.util import namespace_match
+    from radgraph.allennlp.data import Vocabulary
+
+    folder = Path(folder)
+    non_padded = [line.strip() for line in (folder / "non_padded_namespaces.txt").read_text("utf-8").splitlines()]
+    vocab = Vocabulary(non_padded_namespaces=non_padded)
+    for path in sorted(folder.glob("*.txt")):
+        if path.name == "non_padded_namespaces.txt":
+            continue
+        namespace = path.name[:-len(".txt")]
+        padded = not any(namespace_match(pattern, namespace) for pattern in non_padded)
+        vocab.set_from_file(str(path), padded, namespace=namespace)
+    return vocab
+
+
+def dataset_name(vocab, where: Path) -> str:
+    """The reader tags documents with a dataset name; the label namespaces are "<dataset>__ner_labels" etc."""
+    ner = [ns for ns in vocab.get_namespaces() if ns.endswith("__ner_labels")]
+    if len(ner) != 1:
+        raise MetricSkipped(f"{where}/vocabulary: expected one '<dataset>__ner_labels' namespace, found {ner or 'none'}")
+    return ner[0][:-len("__ner_labels")]
+
+
+def _encode_plus(self, text, text_pair=None, **kwargs):
+    return self(text, text_pair, **kwargs)
+
+
+def _build_inputs_with_special_tokens(self, ids_0, ids_1=None):
+    # the special tokens this tokenizer's own post-processor puts around "a" (and "b"), put around the given ids
+    probe = self("a", "b" if ids_1 is not None else None, add_special_tokens=True)["input_ids"]
+    a = self("a", add_special_tokens=False)["input_ids"]
+    start = probe.index(a[0])
+    out = probe[:start] + list(ids_0)
+    rest = probe[start + len(a):]
+    if ids_1 is not None:
+        b = self("b", add_special_tokens=False)["input_ids"]
+        middle = rest.index(b[0])
+        out += rest[:middle] + list(ids_1)
+        rest = rest[middle + len(b):]
+    return out + rest
+
+
+#: transformers 4 methods the vendored allennlp calls that transformers 5 tokenizers no longer have
+_V4_METHODS = {"encode_plus": _encode_plus, "build_inputs_with_special_tokens": _build_inputs_with_special_tokens}
+
+
+def provide_tokenizer(bert_dir: Path) -> None:
+    """Put the BERT tokenizer where the vendored allennlp looks it up, with the two calls it makes that
+    transformers 5 removed: ``encode_plus`` (the v4 name of ``__call__``) and ``build_inputs_with_special_tokens``.
+
+    allennlp fetches tokenizers through ``cached_transformers.get_tokenizer(name, use_fast=True)``, which returns
+    the entry of its cache when there is one; filling that entry for our local folder is the package's own reuse
+    path, so no package code is replaced and nothing else in the process changes."""
+    from radgraph.allennlp.common import cached_transformers
+    from transformers import AutoTokenizer
+
+    name = str(bert_dir)
+    key = (name, frozenset({"use_fast": True}.items()))
+    if key in cached_transformers._tokenizer_cache:
+        return
+    base = type(AutoTokenizer.from_pretrained(name, use_fast=True))
+    missing = {name: fn for name, fn in _V4_METHODS.items() if not hasattr(base, name)}
+    compat = type(base.__name__, (base,), missing) if missing else base
+    cached_transformers._tokenizer_cache[key] = compat.from_pretrained(name, use_fast=True)
+
+
+def build(config: dict, vocab, bert_dir: Path):
+    """(reader, DyGIE model) as ``RadGraph.__init__`` builds them, with the BERT taken from a local folder."""
+    from radgraph.allennlp.data import token_indexers
+    from radgraph.allennlp.modules import text_field_embedders, token_embedders
+    from radgraph.dygie.data.dataset_readers.dygie import DyGIEReader
+    from radgraph.dygie.models.dygie import DyGIE
+
+    bert = str(bert_dir)
+    provide_tokenizer(bert_dir)
+    indexer_cfg = config["dataset_reader"]["token_indexers"]["bert"]
+    embedder_cfg = config["model"]["embedder"]["token_embedders"]["bert"]
+    reader = DyGIEReader(
+        max_span_width=config["dataset_reader"]["max_span_width"],
+        token_indexers={"bert": token_indexers.PretrainedTransformerMismatchedIndexer(
+            model_name=bert, max_length=indexer_cfg.get("max_length"))})
+    embedder = text_field_embedders.BasicTextFieldEmbedder({"bert": token_embedders.PretrainedTransformerMismatchedEmbedder(
+        model_name=bert, max_length=embedder_cfg.get("max_length"))})
+    model_args = {k: v for k, v in config["model"].items() if k not in _NOT_MODEL_ARGS}
+    return reader, DyGIE(vocab=vocab, embedder=embedder, **model_args)
+
+
+class RadGraphAnnotator:
+    """Annotates reports one at a time (DyGIE has no multi-document batches), as RadGraph's ``RadGraph`` does:
+    same tokenisation (model_type "radgraph"), same model, same output (``{"text", "entities": {...}}``)."""
+
+    def __init__(self, files: RadGraphFiles, device: str | None = None):
+        import torch
+
+        config = json.loads((files.model_dir / "config.json").read_text())
+        vocab = load_vocabulary(files.model_dir / "vocabulary")
+        self.dataset = dataset_name(vocab, files.model_dir)
+        self.reader, model = build(config, vocab, files.bert_dir)
+        state = torch.load(files.model_dir / "weights.th", map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def __call__(self, texts: Sequence[str]) -> list[dict]:
+        return [self.annotate_one(text) for text in texts]
+
+    def annotate_one(self, text: str) -> dict:
+        import torch
+        from radgraph.allennlp.data.dataloader import allennlp_collate
+        from radgraph.utils import batch_to_device, get_entity, preprocess_reports
+
+        doc = preprocess_reports([text or "None"], "radgraph")[0]  # the package's tokenisation for "radgraph"
+        doc["dataset"] = self.dataset
+        instance = self.reader.text_to_instance(doc)
+        instance.index_fields(self.model.vocab)
+        batch = batch_to_device(allennlp_collate([instance]), self.device)
+        with torch.no_grad():
+            output = self.model(**batch)
+        result = self.model.make_output_human_readable(output).to_json()
+        sentence = result["sentences"][0]
+        ner = (result.get("predicted_ner") or [[]])[0]
+        relations = (result.get("predicted_relations") or [[]])[0]
+        return {"text": " ".join(sentence), "entities": get_entity(ner, relations, sentence)}
