@@ -220,7 +220,7 @@ def evaluate(
     chexbert_weights: Optional[Path] = typer.Option(None, "--chexbert-weights", help="Local chexbert.pth (default: StanfordAIMI/RRG_scorers via the hub cache)."),
     chexbert_tokenizer: Optional[str] = typer.Option(None, "--chexbert-tokenizer", help="bert-base-uncased tokenizer: local folder or hub id (default: bert-base-uncased)."),
     chexbert_batch_size: int = typer.Option(128, "--chexbert-batch-size", min=1, help="Reports per CheXbert forward pass (length-sorted)."),
-    radgraph_weights: Optional[Path] = typer.Option(None, "--radgraph-weights", help="Local radgraph.tar.gz or its unpacked folder (default: StanfordAIMI/RRG_scorers via the hub cache); needs the radgraph package."),
+    radgraph_weights: Optional[Path] = typer.Option(None, "--radgraph-weights", help="Folder with radgraph.tar.gz (StanfordAIMI/RRG_scorers) and the BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext/ tokenizer folder it names, or the archive itself (default: the hub or its cache); needs the radgraph package."),
     radgraph_annotations: Optional[Path] = typer.Option(None, "--radgraph-annotations", help="JSONL of precomputed RadGraph annotations {text, annotation}, used instead of running the model."),
     cp_base_url: str = typer.Option("https://api.openai.com/v1", "--chexprompt-base-url", envvar="LLAVARAD_CHEXPROMPT_BASE_URL", help="OpenAI-compatible base URL (…/v1), or the Azure resource URL with --chexprompt-azure-deployment."),
     cp_model: str = typer.Option("gpt-4-1106-preview", "--chexprompt-model", envvar="LLAVARAD_CHEXPROMPT_MODEL", help="Chat model name (GPT-4 Turbo as in the paper)."),
