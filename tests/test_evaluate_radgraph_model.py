@@ -130,3 +130,34 @@ def test_wrong_weights_path_and_broken_archive_are_skips(tmp_path, monkeypatch):
     bad.write_bytes(b"not a tarball")
     with pytest.raises(MetricSkipped, match="cannot unpack"):
         unpack(bad)
+
+
+def test_hub_cache_path_offline(weights, tmp_path, monkeypatch):
+    """No --radgraph-weights: the archive (at the pinned revision) and the BERT files come from the hub cache,
+    laid out as `hf download` leaves them, with HF_HUB_OFFLINE=1."""
+    from huggingface_hub import constants
+
+    from llavarad_cli.evaluate.assets import RADGRAPH_REVISION, SCORERS_REPO
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for repo, revision, files in ((SCORERS_REPO, RADGRAPH_REVISION, [weights / "radgraph.tar.gz"]),
+                                  (PUBMEDBERT, "0" * 40, sorted((weights / BERT_DIR).iterdir()))):
+        root = cache / f"models--{repo.replace('/', '--')}"
+        (root / "refs").mkdir(parents=True)
+        (root / "refs/main").write_text(revision)
+        (root / "snapshots" / revision).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / "snapshots" / revision / f.name)
+    archive = radgraph_archive(None)
+    assert archive.parent.name == RADGRAPH_REVISION
+    files = find_files(archive)
+    assert files.bert_dir.parent.parent.name == f"models--{PUBMEDBERT.replace('/', '--')}"
+    text = REFS[2]
+    assert RadGraphAnnotator(files, "cpu")([text]) == radgraph.package_annotator(weights, device="cpu")([text])
+    # the archive in the hub cache but not the BERT: the skip says how to build a local folder, not the cache's
+    shutil.rmtree(cache / f"models--{PUBMEDBERT.replace('/', '--')}")
+    with pytest.raises(MetricSkipped, match="--local-dir radgraph/BiomedNLP") as err:
+        find_files(archive)
+    assert str(cache) not in str(err.value)

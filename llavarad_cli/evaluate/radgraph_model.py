@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from llavarad_cli.evaluate.assets import SCORERS_REPO, MetricSkipped
+from llavarad_cli.evaluate.assets import SCORERS_REPO, MetricSkipped, radgraph_howto
 
 #: The BERT files read from the folder named in the archive's config.json (no weights: weights.th has them).
 BERT_FILES = ("config.json", "vocab.txt", "tokenizer_config.json")
@@ -86,7 +86,7 @@ def _has_bert_files(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "vocab.txt").is_file()
 
 
-def resolve_bert(name: str, search: Sequence[Path], flag_dir: str = "DIR") -> Path:
+def resolve_bert(name: str, search: Sequence[Path], flag_dir: str | None = None) -> Path:
     """A local folder with the BERT config + tokenizer the archive names: ``<search>/<last part of the name>`` or
     ``<search>/<full name>``, else the hub (or its cache; honours HF_HUB_OFFLINE), else a skip with the command."""
     short = name.rstrip("/").split("/")[-1]
@@ -106,10 +106,13 @@ def resolve_bert(name: str, search: Sequence[Path], flag_dir: str = "DIR") -> Pa
         problem = "the download has no config.json/vocab.txt"
     except Exception as exc:  # offline, no cache, network down: all mean "not available here"
         problem = type(exc).__name__
-    raise MetricSkipped(
-        f"needs the tokenizer and config of {name} (named in radgraph.tar.gz's config.json) and could not get them "
-        f"({problem}); download them with `hf download {name} {' '.join(BERT_FILES)} --local-dir {flag_dir}/{short}` "
-        f"and pass --radgraph-weights {flag_dir} (the folder holding radgraph.tar.gz)")
+    if flag_dir is None:  # no user folder to add to (the archive came from the hub cache): say how to make one
+        howto = radgraph_howto()
+    else:
+        howto = (f"`hf download {name} {' '.join(BERT_FILES)} --local-dir {flag_dir}/{short}` and pass "
+                 f"--radgraph-weights {flag_dir} (the folder holding radgraph.tar.gz)")
+    raise MetricSkipped(f"needs the tokenizer and config of {name} (named in radgraph.tar.gz's config.json) and "
+                        f"could not get them ({problem}); get them with {howto}")
 
 
 def find_files(archive: Path) -> RadGraphFiles:
@@ -122,9 +125,15 @@ def find_files(archive: Path) -> RadGraphFiles:
         if not (model_dir / needed).exists():
             raise MetricSkipped(f"{model_dir}: no {needed}; expected the contents of radgraph.tar.gz from "
                                 f"{SCORERS_REPO}")
-    search = [archive if archive.is_dir() else archive.parent, model_dir]
-    shown = str(archive if archive.is_dir() else archive.parent)
-    return RadGraphFiles(model_dir, resolve_bert(bert_name(model_dir), search, shown))
+    folder = archive if archive.is_dir() else archive.parent
+    return RadGraphFiles(model_dir, resolve_bert(bert_name(model_dir), [folder, model_dir],
+                                                 None if _in_hub_cache(folder) else str(folder)))
+
+
+def _in_hub_cache(path: Path) -> bool:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).resolve() in [path.resolve(), *path.resolve().parents]
 
 
 def load_vocabulary(folder: Path):
@@ -148,7 +157,8 @@ def dataset_name(vocab, where: Path) -> str:
     """The reader tags documents with a dataset name; the label namespaces are "<dataset>__ner_labels" etc."""
     ner = [ns for ns in vocab.get_namespaces() if ns.endswith("__ner_labels")]
     if len(ner) != 1:
-        raise MetricSkipped(f"{where}/vocabulary: expected one '<dataset>__ner_labels' namespace, found {ner or 'none'}")
+        raise MetricSkipped(f"{where}/vocabulary: expected one '<dataset>__ner_labels' namespace, "
+                            f"found {ner or 'none'}")
     return ner[0][:-len("__ner_labels")]
 
 
@@ -210,8 +220,9 @@ def build(config: dict, vocab, bert_dir: Path):
         max_span_width=config["dataset_reader"]["max_span_width"],
         token_indexers={"bert": token_indexers.PretrainedTransformerMismatchedIndexer(
             model_name=bert, max_length=indexer_cfg.get("max_length"))})
-    embedder = text_field_embedders.BasicTextFieldEmbedder({"bert": token_embedders.PretrainedTransformerMismatchedEmbedder(
-        model_name=bert, max_length=embedder_cfg.get("max_length"))})
+    bert_embedder = token_embedders.PretrainedTransformerMismatchedEmbedder(
+        model_name=bert, max_length=embedder_cfg.get("max_length"))
+    embedder = text_field_embedders.BasicTextFieldEmbedder({"bert": bert_embedder})
     model_args = {k: v for k, v in config["model"].items() if k not in _NOT_MODEL_ARGS}
     return reader, DyGIE(vocab=vocab, embedder=embedder, **model_args)
 
