@@ -125,3 +125,25 @@ def test_eval_transform_is_open_clip_pil_bicubic_shortest_side_and_centre_crop()
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
     torch.testing.assert_close(got, (manual - mean) / std)
+
+
+def test_truncated_jpeg_loads_without_leaving_pillow_switched(tmp_path):
+    """Concurrent loads of truncated files must not leave Pillow's process-wide switch on."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image, ImageFile
+
+    from llavarad_cli.data.images import load_image
+
+    buf = io.BytesIO()
+    Image.new("L", (256, 256), 128).save(buf, "JPEG")
+    paths = []
+    for i in range(8):
+        path = tmp_path / f"cut{i}.jpg"
+        path.write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+        paths.append(path)
+    with ThreadPoolExecutor(4) as pool:
+        images = list(pool.map(load_image, paths * 4))
+    assert all(image.size == (256, 256) and image.mode == "RGB" for image in images)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False

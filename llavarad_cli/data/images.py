@@ -6,6 +6,7 @@ Also resolves image paths from data files inside their root folder, refusing pat
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -94,6 +95,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+_TRUNCATED_SWITCH = threading.Lock()
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return _to_rgb(image)
+
+
 def load_image(path: Path) -> Image.Image:
     """The image as RGB, fully decoded. Raises ``ImageProblem`` for a missing or unreadable file."""
     path = Path(path)
@@ -102,15 +112,21 @@ def load_image(path: Path) -> Image.Image:
     try:
         if is_dicom(path):
             return read_dicom(path).convert("RGB")
-        # Like the reference's evaluation, accept JPEGs whose last bytes are missing.
-        previous = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
-            with Image.open(path) as image:
-                image.load()
-                return _to_rgb(image)
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+            return _open_rgb(path)
+        except OSError as exc:
+            if "truncated" not in str(exc):
+                raise
+        # Like the reference's evaluation, accept images whose last bytes are missing. Pillow only has a
+        # process-wide switch for that: flip it for this one file under a lock, so concurrent loaders (the
+        # prefetch threads) can never leave it on for the rest of the process.
+        with _TRUNCATED_SWITCH:
+            previous = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+            try:
+                return _open_rgb(path)
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = previous
     except ImageProblem:
         raise
     except (*IMAGE_ERRORS, AttributeError, KeyError, TypeError) as exc:
