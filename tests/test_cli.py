@@ -80,3 +80,15 @@ def test_missing_spec_argument_is_a_user_error():
     result = runner.invoke(app, ["pretrain"])
     assert result.exit_code == 2
     assert "needs a run spec" in result.output
+
+
+def test_cli_module_imports_no_heavy_library():
+    """`llavarad --help` stays fast because torch & co. are imported inside commands only."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, llavarad_cli.cli; "
+             "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'open_clip', 'timm', 'peft') "
+             "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
