@@ -149,3 +149,31 @@ def test_rate_limit_spaces_requests(server, tmp_path):
     start = time.monotonic()
     rate_pairs(["a", "b", "c"], ["x", "y", "z"], _cfg(server, tmp_path, requests_per_minute=600, workers=3))
     assert time.monotonic() - start >= 0.2  # 3 starts, 0.1 s apart
+
+
+def test_unreachable_endpoint_stops_with_one_line_instead_of_retrying_every_pair(tmp_path):
+    import socket
+    import time
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens here now: connection refused
+    cfg = ChexpromptConfig(base_url=f"http://127.0.0.1:{port}/v1", model="judge", requests_per_minute=0, workers=1,
+                           max_retries=2, backoff_s=0.01, max_backoff_s=0.02, timeout_s=5, cache_dir=tmp_path / "c")
+    start = time.monotonic()
+    with pytest.raises(UserError, match="cannot be reached") as err:
+        rate_pairs([f"r{i}" for i in range(50)], [f"c{i}" for i in range(50)], cfg)
+    assert "3 tries" in err.value.message and "rerunning asks only for the rest" in err.value.hint
+    assert time.monotonic() - start < 5  # the first pair's tries, not fifty pairs' worth
+
+
+def test_hosted_endpoint_without_key_fails_before_asking_but_a_cached_rerun_needs_none(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("LLAVARAD_TEST_KEY", raising=False)
+    hosted = dict(base_url="https://api.openai.com/v1", model="judge")
+    with pytest.raises(UserError, match=r"\$LLAVARAD_TEST_KEY is not set"):
+        rate_pairs(["a"], ["b"], _cfg(server, tmp_path, **hosted))
+    # the same pair, rated once through the local server under the same model name, is then served from the cache
+    rate_pairs(["a"], ["b"], _cfg(server, tmp_path))
+    ratings, stats = rate_pairs(["a"], ["b"], _cfg(server, tmp_path, **hosted))
+    assert ratings[0] is not None and stats == {"cached": 1, "requested": 0, "failed": 0}

@@ -99,6 +99,11 @@ class ChatClient:
     def __init__(self, cfg: ChexpromptConfig):
         self.cfg = cfg
         self.key = os.environ.get(cfg.api_key_env, "")
+        hosted = cfg.azure_deployment or "api.openai.com" in cfg.base_url
+        if hosted and not self.key:
+            # a hosted endpoint always wants a key: say so now rather than after the first refused request
+            raise UserError(f"CheXprompt needs an API key for {cfg.base_url}, and ${cfg.api_key_env} is not set",
+                            hint="export the key in that variable, or name another one with --chexprompt-api-key-env")
         self.limiter = RateLimiter(cfg.requests_per_minute)
         base = cfg.base_url.rstrip("/")
         if cfg.azure_deployment:
@@ -117,6 +122,7 @@ class ChatClient:
         if not self.cfg.azure_deployment:
             body["model"] = self.cfg.model
         data = json.dumps(body).encode()
+        unreachable = None  # the last network error, when that is what made this try fail
         for attempt in range(self.cfg.max_retries + 1):
             self.limiter.wait()
             delay = min(self.cfg.max_backoff_s, self.cfg.backoff_s * (2 ** attempt))
@@ -126,6 +132,7 @@ class ChatClient:
                     payload = json.loads(resp.read().decode("utf-8"))
                 return payload["choices"][0]["message"]["content"] or ""
             except urllib.error.HTTPError as exc:
+                unreachable = None
                 if exc.code in (401, 403, 404):
                     raise UserError(f"CheXprompt endpoint {self.url} answered HTTP {exc.code}",
                                     hint=f"check --chexprompt-base-url, the model/deployment name and the key in ${self.cfg.api_key_env}") from None
@@ -137,10 +144,19 @@ class ChatClient:
                         delay = min(self.cfg.max_backoff_s, max(delay, float(retry_after)))
                     except ValueError:
                         pass
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, KeyError, IndexError):
-                pass  # transient network trouble or a garbled answer: back off and retry
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                unreachable = getattr(exc, "reason", None) or exc  # transient network trouble: back off and retry
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+                unreachable = None  # a garbled answer: back off and retry
             if attempt < self.cfg.max_retries:
                 time.sleep(delay)
+        if unreachable is not None:
+            # every try of this request failed to reach the server: asking the next thousand pairs the same way
+            # would only retry for hours; stop, and a rerun resumes from the cache
+            raise UserError(f"CheXprompt endpoint {self.url} cannot be reached ({unreachable}) after "
+                            f"{self.cfg.max_retries + 1} tries",
+                            hint="check --chexprompt-base-url and the network; ratings already received are cached, "
+                                 "so rerunning asks only for the rest")
         return None
 
 
@@ -149,7 +165,6 @@ def rate_pairs(references: Sequence[str], candidates: Sequence[str], cfg: Chexpr
     """One rating (or None) per pair, using the cache first. Returns (ratings, stats)."""
     prompt = prompt or Prompt()
     cache = RatingCache(cfg.cache_dir)
-    client = ChatClient(cfg)
     cache_model = f"azure:{cfg.azure_deployment}" if cfg.azure_deployment else cfg.model
     keys = [RatingCache.key(cache_model, prompt, r, c) for r, c in zip(references, candidates)]
     ratings: list[dict | None] = [None] * len(keys)
@@ -174,6 +189,7 @@ def rate_pairs(references: Sequence[str], candidates: Sequence[str], cfg: Chexpr
         return key, rating
 
     if todo:
+        client = ChatClient(cfg)  # only now: a fully cached rerun needs no key and no network
         pool = ThreadPoolExecutor(max_workers=max(1, cfg.workers))
         try:
             for key, rating in pool.map(ask, list(todo)):
