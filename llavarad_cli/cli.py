@@ -243,10 +243,16 @@ def evaluate(
     """
     from llavarad_cli.evaluate import EvalOptions, evaluate_pairs, load_pairs, parse_metrics, write_outputs
     from llavarad_cli.evaluate.chexprompt import ChexpromptConfig
-    from llavarad_cli.evaluate.report import console_table
+    from llavarad_cli.evaluate.chexprompt_prompt import Prompt
+    from llavarad_cli.evaluate.report import console_table, prepare_out_dir
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     names = parse_metrics(metrics)
+    # everything a user can get wrong is checked before the (possibly hour-long) scoring starts
+    if cp_prompt is not None and "chexprompt" in names:
+        Prompt.from_file(cp_prompt)
+    if radgraph_annotations is not None and "radgraph" in names and not radgraph_annotations.is_file():
+        raise UserError(f"--radgraph-annotations {radgraph_annotations}: file not found")
     cp_cfg = ChexpromptConfig(base_url=cp_base_url, model=cp_model, api_key_env=cp_key_env,
                               azure_deployment=cp_deployment, api_version=cp_api_version, requests_per_minute=cp_rpm,
                               workers=cp_workers, max_retries=cp_retries)
@@ -257,6 +263,7 @@ def evaluate(
                           chexbert_batch_size=chexbert_batch_size, radgraph_weights=radgraph_weights,
                           radgraph_annotations=radgraph_annotations, chexprompt=cp_cfg, chexprompt_prompt=cp_prompt)
     pairs = load_pairs(preds)
+    out = prepare_out_dir(out or preds.parent / "eval")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as bars:
         def progress(label, total):
@@ -264,7 +271,6 @@ def evaluate(
             return lambda k: bars.advance(task, k)
 
         result = evaluate_pairs(pairs, options, progress)
-    out = out or preds.parent / "eval"
     written = write_outputs(result, out, preds, options, plot=plot)
     console.print(console_table(result, f"{preds.name}: {result.n} reports"
                                 + (f", {bootstrap} bootstrap resamples" if bootstrap else "")))
@@ -274,6 +280,10 @@ def evaluate(
         console.print(f"[yellow]{result.extra['empty_predictions']} empty prediction(s) scored as they are[/]")
     if plot and not result.breakdowns:
         console.print("[yellow]--plot needs the chexbert metric; no plot written[/]")
+    unusable = result.extra.get("chexprompt", {}).get("unusable_ratings", 0)
+    if unusable:
+        console.print(f"[yellow]CheXprompt: {unusable} of {result.n} report(s) got no usable rating and are left out "
+                      "of its means; rerun the same command to ask again for those only (the rest is cached)[/]")
     console.print(f"wrote {', '.join(p.name for p in written)} to {out}")
 
 

@@ -171,3 +171,57 @@ def test_model_metric_skips_name_the_missing_file(tmp_path, preds):
     assert res.exit_code == 0, res.output
     reason = json.loads((tmp_path / "ev/metrics.json").read_text())["skipped"]["F1-CheXbert"]
     assert "vocab.txt" in reason and "--chexbert-tokenizer" in reason
+
+
+def test_bad_out_and_option_files_fail_before_scoring(tmp_path, preds, monkeypatch):
+    import llavarad_cli.evaluate as evaluate_package
+
+    path, _ = preds
+    monkeypatch.setattr(evaluate_package, "evaluate_pairs", lambda *a, **k: pytest.fail("scored before checking"))
+    (tmp_path / "afile").write_text("x")
+    for extra, message in ((["--out", str(tmp_path / "afile")], "cannot create this folder"),
+                           (["--metrics", "radgraph", "--radgraph-annotations", str(tmp_path / "no.jsonl")],
+                            "no.jsonl: file not found"),
+                           (["--metrics", "chexprompt", "--chexprompt-prompt", str(tmp_path / "afile")],
+                            "not valid JSON")):
+        res = runner.invoke(app, ["evaluate", str(path), *extra])
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
+        assert "Traceback" not in res.output
+
+
+def test_rerun_into_the_same_folder_leaves_no_stale_breakdown(tmp_path, preds):
+    from llavarad_cli.evaluate import fixtures
+
+    path, v = preds
+    fixtures.wordpiece_tokenizer(v["hyps"] + v["refs"], tmp_path / "tok", vocab_size=200)
+    fixtures.random_chexbert(tmp_path / "w" / "chexbert.pth", fixtures.tiny_bert_config(200))
+    common = ["evaluate", str(path), "--bootstrap", "0", "--out", str(tmp_path / "ev")]
+    res = runner.invoke(app, [*common, "--metrics", "bleu,chexbert", "--plot", "--chexbert-weights",
+                              str(tmp_path / "w"), "--chexbert-tokenizer", str(tmp_path / "tok"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    first = json.loads((tmp_path / "ev/metrics.json").read_text())["files"]
+    assert set(first) == {"metrics.json", "main.csv", "breakdown_n.csv", "breakdown_p.csv", "per_report.jsonl",
+                          "per_observation_f1.png"}
+    assert set(first) == {p.name for p in (tmp_path / "ev").iterdir()}
+    res = runner.invoke(app, [*common, "--metrics", "bleu"])
+    assert res.exit_code == 0, res.output
+    files = json.loads((tmp_path / "ev/metrics.json").read_text())["files"]
+    assert set(files) == {"metrics.json", "main.csv", "per_report.jsonl"} == {p.name for p in (tmp_path / "ev").iterdir()}
+
+
+def test_unusable_chexprompt_ratings_are_reported_on_the_console(tmp_path, preds):
+    from test_evaluate_chexprompt import FakeServer
+
+    path, _ = preds
+    server = FakeServer()
+    server.default = (200, "I cannot rate this.", {})
+    try:
+        res = runner.invoke(app, ["evaluate", str(path), "--metrics", "bleu,chexprompt", "--bootstrap", "0",
+                                  "--chexprompt-base-url", server.url + "/v1", "--chexprompt-rpm", "0",
+                                  "--chexprompt-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "ev")])
+    finally:
+        server.close()
+    assert res.exit_code == 0, res.output
+    assert "CheXprompt: 10 of 10 report(s) got no usable rating" in " ".join(res.output.split())
+    m = json.loads((tmp_path / "ev/metrics.json").read_text())
+    assert m["chexprompt"]["unusable_ratings"] == 10 and "CheXprompt-significant" in m["skipped"]

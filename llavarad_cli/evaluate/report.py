@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from importlib import metadata
 from pathlib import Path
 
 from llavarad_cli.evaluate.conventions import CONVENTIONS
 from llavarad_cli.evaluate.labels import CONDITIONS
+from llavarad_cli.errors import UserError
 from llavarad_cli.evaluate.runner import EvalResult
 from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
 
@@ -70,12 +72,28 @@ def breakdown_csv(report: dict) -> str:
     return buf.getvalue()
 
 
-def write_outputs(result: EvalResult, out: Path, preds: Path, options, plot: bool = False) -> list[Path]:
+#: Files a run writes only with some metrics or flags; one left by an earlier run in the same folder is removed.
+OPTIONAL_OUTPUTS = ("breakdown_n.csv", "breakdown_p.csv", "per_observation_f1.png")
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Create the output folder before any scoring, so a bad --out fails in a second, not after an hour."""
     out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create this folder ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: this folder is not writable")
+    return out
+
+
+def write_outputs(result: EvalResult, out: Path, preds: Path, options, plot: bool = False) -> list[Path]:
+    """Every file atomically; metrics.json last, listing the files of this run."""
+    out = prepare_out_dir(out)
     written = []
-    atomic_write_json(out / "metrics.json", metrics_json(result, preds, options))
     atomic_write_text(out / "main.csv", main_csv(result))
-    written += [out / "metrics.json", out / "main.csv"]
+    written.append(out / "main.csv")
     for key in ("n", "p"):
         if key in result.breakdowns:
             atomic_write_text(out / f"breakdown_{key}.csv", breakdown_csv(result.breakdowns[key]))
@@ -85,6 +103,11 @@ def write_outputs(result: EvalResult, out: Path, preds: Path, options, plot: boo
     written.append(out / "per_report.jsonl")
     if plot and result.breakdowns:
         written.append(plot_breakdown(result.breakdowns, out / "per_observation_f1.png"))
+    for name in OPTIONAL_OUTPUTS:  # a breakdown from an earlier run with CheXbert must not sit beside new metrics
+        if out / name not in written:
+            (out / name).unlink(missing_ok=True)
+    written.insert(0, out / "metrics.json")
+    atomic_write_json(out / "metrics.json", metrics_json(result, preds, options) | {"files": [p.name for p in written]})
     return written
 
 
