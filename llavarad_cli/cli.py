@@ -231,7 +231,7 @@ def evaluate(
     cp_workers: int = typer.Option(4, "--chexprompt-workers", min=1, help="Requests in flight at once."),
     cp_retries: int = typer.Option(5, "--chexprompt-retries", min=0, help="Retries per request on 429/5xx/network errors, with exponential backoff."),
     cp_cache: Optional[Path] = typer.Option(None, "--chexprompt-cache", help="Folder of the on-disk rating cache (default: ~/.cache/llavarad/chexprompt)."),
-    cp_prompt: Optional[Path] = typer.Option(None, "--chexprompt-prompt", help='JSON {"system": ..., "user": ...{reference}...{candidate}...} replacing the built-in prompt.'),
+    cp_prompt: Optional[Path] = typer.Option(None, "--chexprompt-prompt", help='JSON {"system": ..., "user": ...{reference}...{candidate}...} replacing the built-in prompt, which is our own wording (not the paper\'s): pass the original CheXprompt prompt here for parity.'),
 ):
     """Score predictions with BLEU-1/4, ROUGE-L, F1-CheXbert, F1-RadGraph (paper conventions) and CheXprompt.
 
