@@ -278,6 +278,11 @@ def evaluate(
         console.print(f"[yellow]{escape(name)} skipped:[/] {escape(reason)}", soft_wrap=True, highlight=False)
     if result.extra.get("empty_predictions"):
         console.print(f"[yellow]{result.extra['empty_predictions']} empty prediction(s) scored as they are[/]")
+    if result.extra.get("empty_references"):
+        console.print(f"[yellow]{result.extra['empty_references']} empty reference(s) scored as they are[/]")
+    if pairs.no_reference:
+        console.print(f"[yellow]{len(pairs.no_reference)} record(s) with a null reference left out, e.g. id "
+                      f"{escape(repr(pairs.no_reference[0]))} (listed in metrics.json)[/]")
     if plot and not result.breakdowns:
         console.print("[yellow]--plot needs the chexbert metric; no plot written[/]")
     unusable = result.extra.get("chexprompt", {}).get("unusable_ratings", 0)

@@ -225,3 +225,19 @@ def test_unusable_chexprompt_ratings_are_reported_on_the_console(tmp_path, preds
     assert "CheXprompt: 10 of 10 report(s) got no usable rating" in " ".join(res.output.split())
     m = json.loads((tmp_path / "ev/metrics.json").read_text())
     assert m["chexprompt"]["unusable_ratings"] == 10 and "CheXprompt-significant" in m["skipped"]
+
+
+def test_null_references_are_left_out_and_counted_not_scored_as_empty(tmp_path):
+    rows = [{"id": "a", "prediction": "The heart is normal.", "reference": "The heart is normal."},
+            {"id": "b", "prediction": "Small effusion.", "reference": None}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = runner.invoke(app, ["evaluate", str(path), "--metrics", "rouge", "--bootstrap", "0", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "ev/metrics.json").read_text())
+    assert m["n"] == 1 and m["metrics"]["ROUGE-L"]["value"] == 1.0
+    assert m["left_out_no_reference"] == {"count": 1, "ids": ["b"]}
+    assert "1 record(s) with a null reference left out" in " ".join(res.output.split())
+    path.write_text(json.dumps(rows[1]) + "\n")
+    res = runner.invoke(app, ["evaluate", str(path), "--metrics", "rouge", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 2 and "none of the 1 records has a reference" in " ".join(res.output.split())

@@ -25,4 +25,6 @@ CONVENTIONS = {
                  "on the order of the records.",
     "empty predictions": "scored as they are (no n-gram matches, ROUGE 0, RadGraph 0, CheXbert labels the empty "
                          "text) and counted in metrics.json.",
+    "null references": "a record whose reference is null has no ground truth: it is left out of every metric and "
+                       "counted (left_out_no_reference); an empty-string reference is scored as it is.",
 }

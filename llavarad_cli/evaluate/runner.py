@@ -65,6 +65,8 @@ def evaluate_pairs(pairs: list[Pair], options: EvalOptions, progress=None) -> Ev
     result = EvalResult(n=n, scores=[], per_report=[{"id": p.id} for p in pairs])
     result.extra["empty_predictions"] = sum(is_empty(h) for h in hyps)
     result.extra["empty_references"] = sum(is_empty(r) for r in refs)
+    no_reference = getattr(pairs, "no_reference", [])
+    result.extra["left_out_no_reference"] = {"count": len(no_reference), "ids": no_reference[:20]}
 
     def add(name: str, point: float, resampled, n_used: int = n):
         ci = percentile_interval(resampled) if resampled is not None else None
