@@ -172,3 +172,18 @@ def test_needs_exactly_one_mode_and_a_folder(ckpt, queries, tmp_path):
     assert "either --image" in _run("--model", ckpt).output
     result = _run("--query-file", queries, "--output", tmp_path / "p.jsonl", "--model", ckpt)
     assert result.exit_code == 2 and "--image-folder" in result.output
+
+
+def test_default_model_offline_without_a_cache_is_one_line(images, monkeypatch, tmp_path):
+    """`llavarad infer --image X` with no local weights and HF_HUB_OFFLINE=1: one line naming the files and the
+    cache it looked in, no traceback, before any loading."""
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    result = _run("--image", images / "iu" / "CXR3_IM-1384-1001.png", "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "config.json" in out and "microsoft/llava-rad" in out and str(tmp_path / "hub") in out
+    assert "HF_HUB_OFFLINE=1" in out and "Traceback" not in out

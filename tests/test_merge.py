@@ -137,6 +137,22 @@ def test_physionet_records_filtered_and_reprompted_like_the_reference(tmp_path):
     assert dict(qs.skipped) == {"not_rule_based": 1, "not_frontal": 1, "no_findings": 1, "malformed_record": 1}
 
 
+def test_physionet_reason_used_exactly_as_the_reference_loader_does(tmp_path):
+    """`if reason is not None`: any string is used with only its newlines made spaces (even a blank one)."""
+    from llavarad_cli.infer.queries import read_queries
+    from llavarad_cli.prompts import FINDINGS_PROMPT_WITH_REASON
+
+    def item(rid, reason):
+        return {"id": rid, "image": f"{rid}.jpg", "generate_method": "rule-based", "view": "AP", "reason": reason,
+                "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "Clear."}]}
+
+    path = tmp_path / "chat_test.json"
+    path.write_text(json.dumps([item("a", "___ year old man  with\ndyspnea "), item("b", "")]))
+    got = [q.query for q in read_queries(path).queries]
+    assert got == ["<image>\n" + FINDINGS_PROMPT_WITH_REASON.format(reason="___ year old man  with dyspnea "),
+                   "<image>\n" + FINDINGS_PROMPT_WITH_REASON.format(reason="")]
+
+
 def test_prepare_records_are_not_mistaken_for_physionet(tmp_path):
     from llavarad_cli.infer.queries import read_queries
     from llavarad_cli.prompts import conversations

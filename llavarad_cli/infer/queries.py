@@ -14,7 +14,8 @@ from typing import Any
 
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import read_json
-from llavarad_cli.prompts import normalise_query, user_turn
+from llavarad_cli.prompts import (FINDINGS_PROMPT, FINDINGS_PROMPT_WITH_REASON, IMAGE_TOKEN, normalise_query,
+                                  user_turn)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,16 @@ def _turn(item: dict[str, Any], who: str) -> Any:
     return None
 
 
+def physionet_query(reason: Any) -> str:
+    """The human turn exactly as ``mimic_test_findings`` builds it: any non-null reason is used, with each
+    ``\\n`` turned into a space and nothing else changed (so a blank reason still gets the indication wording)."""
+    if not isinstance(reason, str):
+        # null; the reference would crash on anything else that is not a string (a NaN from pandas).
+        return f"{IMAGE_TOKEN}\n{FINDINGS_PROMPT}"
+    text = FINDINGS_PROMPT_WITH_REASON.format(reason=reason.replace("\n", " "))
+    return f"{IMAGE_TOKEN}\n{text}"
+
+
 def read_queries(path: Path) -> QuerySet:
     """Read and validate a query file; bad records are counted, not fatal. Ids are made unique (see below)."""
     data = read_json(path)
@@ -72,7 +83,7 @@ def read_queries(path: Path) -> QuerySet:
             if not isinstance(reference, str):
                 skipped["no_findings"] += 1
                 continue
-            query = user_turn(item.get("reason") if isinstance(item.get("reason"), str) else None)
+            query = physionet_query(item.get("reason"))
         else:
             human = _turn(item, "human")
             if isinstance(human, str) and human.strip():

@@ -27,7 +27,7 @@ from llavarad_cli.model.loading import (check_attn, load_lm, load_projector_weig
                                         pick_dtype, projector_state_from)
 from llavarad_cli.model.projector import build_projector
 from llavarad_cli.model.vision import build_vision_tower
-from llavarad_cli.model.weights import hub_offline, is_local, load_state_file, resolve_file
+from llavarad_cli.model.weights import cache_dir, hub_offline, is_local, load_state_file, resolve_file
 
 NATIVE_CONFIG = "llavarad.json"
 NATIVE_FORMAT = "llavarad-checkpoint"
@@ -112,8 +112,14 @@ def _native_root(model: str) -> Path:
     if is_local(model):
         return Path(model).expanduser()
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return Path(snapshot_download(str(model)))
+    try:
+        return Path(snapshot_download(str(model)))
+    except (LocalEntryNotFoundError, HfHubHTTPError) as exc:
+        raise UserError(f"llavarad checkpoint {model}: could not be fetched whole from the hub or found complete in "
+                        f"the local cache ({cache_dir()}): {str(exc).strip().splitlines()[0][:160]}",
+                        hint="download it once online, or pass a local folder") from None
 
 
 def load_native(model: str, model_base: str | None, device: torch.device, dtype: torch.dtype,
@@ -170,10 +176,11 @@ def detect_layout(model: str) -> str:
     if is_local(model):
         where = f"the folder {Path(model).expanduser()}"
     elif hub_offline():
-        where = (f"a local folder `{model}` (none here) or the local Hugging Face cache for it "
+        where = (f"a local folder `{model}` (none here) or the local Hugging Face cache for it, {cache_dir()} "
                  "(offline: HF_HUB_OFFLINE=1, the hub was not asked)")
     else:
-        where = f"a local folder `{model}` (none here) or the hub repo {model}"
+        where = (f"a local folder `{model}` (none here), the hub repo {model}, or the local Hugging Face cache "
+                 f"({cache_dir()}) when the hub was unreachable")
     raise UserError(f"no model found: neither {NATIVE_CONFIG} nor config.json in {where}",
                     hint="--model takes the released microsoft/llava-rad layout or a llavarad checkpoint folder")
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from llavarad_cli.errors import UserError
-from llavarad_cli.model.weights import resolve_dir
+from llavarad_cli.model.weights import cache_dir, hub_offline, is_local, resolve_dir
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -70,7 +70,7 @@ def load_lm(source: str, dtype: torch.dtype, device: torch.device, attn_implemen
         lm = AutoModelForCausalLM.from_pretrained(
             where, dtype=dtype, attn_implementation=check_attn(attn_implementation), device_map=str(device))
     except OSError as exc:
-        raise UserError(f"base language model `{source}` could not be loaded: {_first_line(exc)}",
+        raise UserError(f"base language model `{source}` could not be loaded{_where(source)}: {_first_line(exc)}",
                         hint="give a local folder with config.json and the weights, or go online once") from None
     lm.eval()
     return lm
@@ -84,7 +84,8 @@ def load_tokenizer(source: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
-        raise UserError(f"tokenizer of `{source}` could not be loaded: {_first_line(exc)}") from None
+        raise UserError(f"tokenizer of `{source}` could not be loaded{_where(source)}: {_first_line(exc)}",
+                        hint="give a local folder with the tokenizer files, or go online once") from None
     _ensure_bos(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
@@ -134,6 +135,13 @@ def load_projector_weights(projector: torch.nn.Module, state: dict[str, torch.Te
             raise UserError(f"{origin}: projector weight {key} has shape {tuple(value.shape)}, "
                             f"expected {tuple(own[key].shape)}")
     projector.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def _where(source: str) -> str:
+    """Where a hub id was looked for, when that is only the local cache."""
+    if is_local(source) or not hub_offline():
+        return ""
+    return f" (offline, HF_HUB_OFFLINE=1: looked only in the local Hugging Face cache {cache_dir()})"
 
 
 def _first_line(exc: BaseException) -> str:

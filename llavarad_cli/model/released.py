@@ -72,8 +72,12 @@ def load_released(model: str, model_base: str | None, device: torch.device, dtyp
     tower_ckpt = _tower_file(model, config.get("mm_vision_tower_checkpoint"), RELEASED_TOWER_CHECKPOINT,
                              "vision tower checkpoint")
 
+    projector_state, lm_state = split_non_lora_trainables(load_state_file(projector_file, trust_pickle),
+                                                          str(projector_file))
     tokenizer = load_tokenizer(model_base)
     lm = load_lm(model_base, dtype, device, attn_implementation)
+    if lm_state:  # the reference loads these into the LM before merging the LoRA; so do we
+        load_lm_weights(lm, lm_state, str(projector_file))
     lm = merge_lora(lm, adapter_config, adapter_file, trust_pickle)
 
     tower = build_vision_tower(tower_config, tower_ckpt, select_layer=int(config.get("mm_vision_select_layer", -2)),
@@ -82,8 +86,7 @@ def load_released(model: str, model_base: str | None, device: torch.device, dtyp
     if mm_hidden != tower.hidden_size:
         raise UserError(f"{config_path}: mm_hidden_size {mm_hidden} but the vision tower gives {tower.hidden_size}")
     projector = build_projector(config["mm_projector_type"], mm_hidden, lm.config.hidden_size)
-    state = projector_state_from(load_state_file(projector_file, trust_pickle), str(projector_file))
-    load_projector_weights(projector, state, str(projector_file))
+    load_projector_weights(projector, projector_state, str(projector_file))
 
     llava_config = LlavaRadConfig(projector_type=config["mm_projector_type"], mm_hidden_size=mm_hidden,
                                   select_layer=tower.select_layer, vision_config_name=tower.name, template="v1",
@@ -91,6 +94,42 @@ def load_released(model: str, model_base: str | None, device: torch.device, dtyp
     result = LlavaRadModel(lm, tower.to(device=device, dtype=dtype), projector.to(device=device, dtype=dtype),
                            llava_config).eval()
     return result, tokenizer
+
+
+def rename_like_reference(state: dict[str, Any]) -> dict[str, Any]:
+    """The reference builder's renaming of ``non_lora_trainables.bin`` keys, step for step: strip a leading
+    ``base_model.``; then, if any key starts with ``model.model.``, strip one leading ``model.`` from every key
+    that starts with ``model.`` (``base_model.model.model.mm_projector.0.weight`` -> ``model.mm_projector.0.weight``,
+    a name in the LLaVA model, whose LM part is named like Hugging Face's ``LlamaForCausalLM``)."""
+    state = {(k[len("base_model."):] if k.startswith("base_model.") else k): v for k, v in state.items()}
+    if any(k.startswith("model.model.") for k in state):
+        state = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
+    return state
+
+
+def split_non_lora_trainables(raw: Any, origin: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(projector weights, LM weights)`` of a ``non_lora_trainables.bin``, keys renamed as the reference does.
+
+    The released file holds only the four projector tensors. Other keys (a run that also trained, say, the
+    embeddings) are LM weights, which the reference loads into the LM too; here they must all fit it.
+    """
+    if not isinstance(raw, dict):
+        raise UserError(f"{origin}: not a state dict")
+    renamed = rename_like_reference({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
+    projector = {k: v for k, v in renamed.items() if "mm_projector." in k}
+    lm_state = {k: v for k, v in renamed.items() if "mm_projector." not in k}
+    return projector_state_from(projector, origin), lm_state
+
+
+def load_lm_weights(lm, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Copy extra trained LM tensors into the base LM; every one must match a parameter's name and shape
+    (the reference's ``strict=False`` would drop a misnamed one without a word)."""
+    own = lm.state_dict()
+    bad = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        raise UserError(f"{origin}: {len(bad)} weight(s) fit neither the projector nor the base LM, e.g. {bad[0]}",
+                        hint="is --model-base the LM this checkpoint was trained on?")
+    lm.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
 
 
 def merge_lora(lm, adapter_config: Path, adapter_file: Path, trust_pickle: bool = False):
@@ -111,6 +150,8 @@ def merge_lora(lm, adapter_config: Path, adapter_file: Path, trust_pickle: bool 
     with warnings.catch_warnings():
         # PEFT asks transformers an outdated gradient-checkpointing question; harmless at inference.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # A local --model-base folder instead of the adapter's recorded hub id is the normal offline case.
+        warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*was renamed.*", category=UserWarning)
         peft_model = get_peft_model(lm, peft_config)
     result = set_peft_model_state_dict(peft_model, state)
     missing_lora = [k for k in result.missing_keys if "lora_" in k] + list(result.unexpected_keys)

@@ -43,25 +43,31 @@ def resolve_file(source: str | Path, filename: str, what: str, required: bool = 
         raise UserError(f"{what} `{filename}` not found: looked in {where}")
 
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
 
     try:
         return Path(hf_hub_download(str(source), filename))
+    # LocalEntryNotFoundError subclasses EntryNotFoundError: it must be caught first, or a file that is only
+    # missing from the cache (offline, or the hub unreachable) reads as "the repo has no such file".
+    except LocalEntryNotFoundError:
+        if not required:
+            return None  # the caller tries another name, or says itself what it looked for
+        mode = ("offline (HF_HUB_OFFLINE=1), so only the local Hugging Face cache was searched"
+                if hub_offline() else "the hub was unreachable, and it is not in the local Hugging Face cache")
+        raise UserError(f"{what} `{filename}` of {source} not found: {mode} ({cache_dir()})",
+                        hint=f"download it once online (e.g. `hf download {source}`), or pass a local folder "
+                             f"instead of `{source}`") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{what}: no hub repo or local folder named `{source}`",
+                        hint="check the spelling, or log in with `hf auth login` for gated repos") from None
     except EntryNotFoundError:
         if not required:
             return None
         raise UserError(f"{what} `{filename}` not found: the hub repo {source} has no such file") from None
-    except LocalEntryNotFoundError:
-        if not required and hub_offline():
-            return None
-        mode = "offline (HF_HUB_OFFLINE=1), so only" if hub_offline() else "the hub was unreachable; looked in"
-        raise UserError(
-            f"{what} `{filename}` of {source} not found: {mode} the local Hugging Face cache "
-            f"({_cache_dir()}) was searched",
-            hint=f"download it once online, or pass a local folder instead of `{source}`") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"{what}: no hub repo or local folder named `{source}`",
-                        hint="check the spelling, or log in with `hf auth login` for gated repos") from None
+    except HfHubHTTPError as exc:
+        raise UserError(f"{what} `{filename}` of {source}: the hub refused it ({_first_line(exc)})",
+                        hint="check access to the repo (`hf auth login`), or pass a local folder") from None
 
 
 def resolve_dir(source: str | Path, what: str) -> str:
@@ -74,7 +80,13 @@ def resolve_dir(source: str | Path, what: str) -> str:
     return str(source)
 
 
-def _cache_dir() -> str:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def cache_dir() -> str:
+    """The Hugging Face hub cache folder in use (``HF_HUB_CACHE`` / ``HF_HOME``), for messages."""
     from huggingface_hub.constants import HF_HUB_CACHE
 
     return str(HF_HUB_CACHE)
