@@ -177,8 +177,10 @@ def infer(
     elif gpus:
         if num_chunks != 1 or chunk_idx != 0:
             raise UserError("--gpus splits the records itself; leave out --num-chunks/--chunk-idx")
-        commands.infer_multi_gpu(query_file, image_folder, output, choice, settings, batch_size, gpus,
-                                 console, err_console)
+        code = commands.infer_multi_gpu(query_file, image_folder, output, choice, settings, batch_size, gpus,
+                                        console, err_console)
+        if code:
+            raise typer.Exit(code)
     else:
         commands.infer_batch(query_file, image_folder, output, choice, settings, batch_size, num_chunks, chunk_idx,
                              console, err_console)

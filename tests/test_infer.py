@@ -187,3 +187,22 @@ def test_default_model_offline_without_a_cache_is_one_line(images, monkeypatch, 
     out = " ".join(result.output.split())
     assert "config.json" in out and "microsoft/llava-rad" in out and str(tmp_path / "hub") in out
     assert "HF_HUB_OFFLINE=1" in out and "Traceback" not in out
+
+
+def test_gpus_run_fails_when_its_merge_is_not_clean(ckpt, images, queries, tmp_path, monkeypatch):
+    """--gpus N: the merge at the end decides the exit code (a conflict there must not exit 0)."""
+    from llavarad_cli.infer import launch
+
+    def fake_workers(args, output, gpus, log_dir):
+        parts = [output.with_name(f"{output.stem}_{i}.jsonl") for i in range(gpus)]
+        for i, part in enumerate(parts):
+            part.write_text(json.dumps({"id": "r0", "query": "q", "reference": "r", "prediction": f"p{i}"}) + "\n")
+        return parts
+
+    monkeypatch.setattr(launch, "check_gpus", lambda gpus: None)
+    monkeypatch.setattr(launch, "run_workers", fake_workers)
+    out = tmp_path / "preds.jsonl"
+    result = _run("--query-file", queries, "--output", out, "--model", ckpt, "--gpus", "2")
+    assert result.exit_code == 2 and "--image-folder" in result.output  # checked before any worker starts
+    result = _run("--query-file", queries, "--image-folder", images, "--output", out, "--model", ckpt, "--gpus", "2")
+    assert result.exit_code == 1 and "conflicting duplicate id" in result.output and not out.exists()

@@ -101,3 +101,29 @@ def test_tokenizer_without_add_bos_gets_bos_back(tmp_path):
     tok = load_tokenizer(str(_tokenizer_dir(tmp_path, add_bos=None)))
     assert tok("x").input_ids[0] == 1
     assert tok.pad_token == "<unk>"  # pad = unk, as the reference
+
+
+def test_predictions_decoded_like_the_reference(llama_tok, sp):
+    """New ids only, special tokens skipped (EOS, pad = unk), stripped, a literal trailing "</s>" removed."""
+    import torch
+
+    from llavarad_cli.infer.generate import Predictor
+
+    rows = [sp.encode("The lungs are clear.") + [2, 0, 0],
+            sp.encode(" No effusion. ") + sp.encode("</s>"),  # "</s>" spelt out in plain pieces, not EOS
+            [2, 0, 0, 0]]
+    width = max(map(len, rows))
+    generated = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+
+    class Generated:
+        config = type("C", (), {"template": "v1"})()
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def generate(self, ids, mask, pixels, **kwargs):
+            assert kwargs["do_sample"] is False and kwargs["eos_token_id"] == 2 and kwargs["pad_token_id"] == 0
+            assert (ids == IMAGE_TOKEN_INDEX).sum() == len(rows) and ids[0, 0] == 0 and mask[0, 0] == 0
+            return generated
+
+    queries = [user_turn(None), user_turn("a much longer reason for this examination"), user_turn("x")]
+    got = Predictor(Generated(), llama_tok).predict(queries, torch.zeros(3, 3, 4, 4))
+    assert got == ["The lungs are clear.", "No effusion.", ""]

@@ -133,12 +133,17 @@ def _print_summary(summary, label: str, out: Console, err: Console) -> None:
 
 
 def infer_multi_gpu(query_file: Path, image_folder: Optional[Path], output: Optional[Path], choice: ModelChoice,
-                    settings, batch_size: int, gpus: int, out: Console, err: Console) -> None:
+                    settings, batch_size: int, gpus: int, out: Console, err: Console) -> int:
+    """Exit code of the final merge: 1 when it found bad lines or conflicting ids (records skipped for image
+    problems are reported but allowed)."""
     from llavarad_cli.infer.launch import check_gpus, run_workers
     from llavarad_cli.infer.queries import read_queries
 
     if output is None:
         raise UserError("--gpus needs --query-file and --output")
+    if image_folder is None or not image_folder.is_dir():  # here, not once per worker in its log
+        raise UserError(f"--image-folder {image_folder or '(missing)'}: not a folder",
+                        hint="the folder the records' `image` paths are relative to")
     check_gpus(gpus)
     query_set = read_queries(query_file)  # fail here, not in N workers
     args = ["--query-file", str(query_file), "--image-folder", str(image_folder), *choice.cli_args(),
@@ -148,7 +153,7 @@ def infer_multi_gpu(query_file: Path, image_folder: Optional[Path], output: Opti
         args += ["--top-p", str(settings.top_p)]
     with err.status(f"{gpus} workers running (logs in {escape(str(output.parent / 'logs'))}) …"):
         parts = run_workers(args, output, gpus, output.parent / "logs")
-    report_merge(parts, output, [q.id for q in query_set.queries], allow_missing=True, out=out, err=err)
+    return report_merge(parts, output, [q.id for q in query_set.queries], allow_missing=True, out=out, err=err)
 
 
 def report_merge(files, output: Path, query_ids, allow_missing: bool, out: Console, err: Console) -> int:
