@@ -40,13 +40,18 @@ def _is_peft(lm) -> bool:
 
 
 def save_native_checkpoint(out_dir: Path, model: LlavaRadModel, base: str | None = None, tokenizer=None,
-                           lm_weights: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+                           lm_weights: str | None = None, extra: dict[str, Any] | None = None,
+                           tower_files: tuple[Path, Path] | None = None) -> Path:
     """Write ``model`` in the native layout and return the folder.
 
     ``lm_weights``: ``none`` (stage 1: only the projector is new; needs ``base``), ``adapter`` (the LM is a
     PEFT model; needs ``base``) or ``full`` (the LM's weights are saved under ``lm/``). Default: ``adapter``
     for a PEFT LM, else ``none`` when ``base`` is given, else ``full``. ``llavarad.json`` is written last, so a
     folder without it is an unfinished save.
+
+    ``tower_files``: the frozen tower's own (open_clip JSON, checkpoint) files, recorded by absolute path in
+    ``llavarad.json`` instead of copying the tower's weights into the folder (training checkpoints: ~170 MB
+    saved per checkpoint; the folder then needs those files to stay where they are). Default: copy.
     """
     from safetensors.torch import save_file
 
@@ -72,9 +77,14 @@ def save_native_checkpoint(out_dir: Path, model: LlavaRadModel, base: str | None
     tower = model.vision_tower
     if tower.open_clip_config is None:
         raise ValueError("the vision tower does not know its open_clip config; build it with build_vision_tower")
-    (out / "vision_tower.json").write_text(json.dumps(tower.open_clip_config, indent=2) + "\n")
-    trunk = {f"visual.trunk.{k}": v.detach().to("cpu").contiguous() for k, v in tower.trunk.state_dict().items()}
-    save_file(trunk, str(out / "vision_tower.safetensors"))
+    if tower_files is not None:
+        # Absolute paths: load_native's resolve_file(root, name) then finds them wherever the folder is.
+        tower_config, tower_weights = (str(Path(p).expanduser().resolve()) for p in tower_files)
+    else:
+        tower_config, tower_weights = "vision_tower.json", "vision_tower.safetensors"
+        (out / tower_config).write_text(json.dumps(tower.open_clip_config, indent=2) + "\n")
+        trunk = {f"visual.trunk.{k}": v.detach().to("cpu").contiguous() for k, v in tower.trunk.state_dict().items()}
+        save_file(trunk, str(out / tower_weights))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
 
@@ -83,7 +93,7 @@ def save_native_checkpoint(out_dir: Path, model: LlavaRadModel, base: str | None
         "format": NATIVE_FORMAT, "format_version": NATIVE_VERSION,
         "base_lm": base, "lm_weights": lm_weights,
         "projector_type": cfg.projector_type, "mm_hidden_size": cfg.mm_hidden_size,
-        "vision_tower": {"config": "vision_tower.json", "weights": "vision_tower.safetensors",
+        "vision_tower": {"config": tower_config, "weights": tower_weights,
                          "select_layer": cfg.select_layer, "name": cfg.vision_config_name},
         "template": cfg.template, "dtype": str(model.dtype).replace("torch.", ""),
         "has_tokenizer": tokenizer is not None, "extra": {**cfg.extra, **(extra or {})},

@@ -5,7 +5,8 @@ Layout of ``OUT/checkpoint-<step>/``::
     deepspeed/            engine state: trainable weights, ZeRO optimizer partitions, LR scheduler
     rng/rank<r>.pt        python / numpy / torch (CPU and CUDA) RNG states of every rank
     trainer_state.json    global step, data position, world size, skip counters
-    weights/              the trainable weights in the toolkit's native layout (usable by `llavarad infer`)
+    weights/              the trainable weights in the toolkit's native layout (`llavarad infer --model` loads
+                          it); the frozen vision tower is referenced by path, not copied
     COMPLETE              written last
 
 Everything is written into ``OUT/.checkpoint-<step>.tmp`` first; rank 0 writes ``COMPLETE`` and then renames

@@ -23,13 +23,23 @@ def base_reference(spec: RunSpec) -> str:
     return str(Path(base).expanduser().resolve()) if is_local(base) else base
 
 
-def save_weights(model, spec: RunSpec, path: Path) -> Path:
-    """The trainable state in the native layout (stage 1: projector only; stage 2: adapter + projector)."""
-    from llavarad_cli.model.checkpoint import save_native_checkpoint
+def save_weights(model, spec: RunSpec, path: Path, reference_tower: bool = False) -> Path:
+    """The trainable state in the native layout (stage 1: projector only; stage 2: adapter + projector).
 
+    ``reference_tower`` (intermediate checkpoints): record the frozen tower's own config and checkpoint files
+    by path instead of copying its weights into every checkpoint. The final output copies them, so it can be
+    moved to another machine whole.
+    """
+    from llavarad_cli.model.checkpoint import save_native_checkpoint
+    from llavarad_cli.train.build import tower_files
+
+    files = None
+    if reference_tower:
+        config, checkpoint = tower_files(spec)
+        files = (config, checkpoint) if checkpoint is not None else None  # a tower without weights file: copy
     return save_native_checkpoint(Path(path), model, base=base_reference(spec),
                                   lm_weights="adapter" if spec.lora.enabled else "none",
-                                  extra={"trained_by": f"llavarad {spec.stage}"})
+                                  extra={"trained_by": f"llavarad {spec.stage}"}, tower_files=files)
 
 
 def save_mm_projector_bin(model, path: Path) -> Path:

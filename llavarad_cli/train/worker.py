@@ -224,7 +224,8 @@ class Trainer:
                  "skipped": self._global_counts(), "stage": self.spec.stage,
                  "spec": self.spec.model_dump(mode="json")}
         checkpoint.save(self.engine, self.out, step, state, self.rank,
-                        lambda path: save_weights(self.model, self.spec, path), self.spec.output.save_total_limit,
+                        lambda path: save_weights(self.model, self.spec, path, reference_tower=True),
+                        self.spec.output.save_total_limit,
                         dist.barrier)
 
     def finish(self, total: int) -> dict:
@@ -314,15 +315,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the DeepSpeed launcher")
     args = parser.parse_args(argv)
-    data = specs.read_yaml(args.spec)
-    spec = specs.build_spec(data.get("stage", "pretrain"), data, source=args.spec.name)
+    # The parent wrote the spec into the run directory; errors go there even when the spec does not load here
+    # (on another node a path the parent validated may not exist).
+    out_dir = args.spec.resolve().parent
     code = 0
     try:
+        data = specs.read_yaml(args.spec)
+        spec = specs.build_spec(data.get("stage", "pretrain"), data, source=str(args.spec))
+        out_dir = spec.output.dir
         Trainer(spec, merge=args.merge).run()
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent, then re-raised
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        report_failure(spec.output.dir, exc)
+        report_failure(out_dir, exc)
         if not isinstance(exc, UserError):
             traceback.print_exc()
         code = 2 if isinstance(exc, UserError) else 1
