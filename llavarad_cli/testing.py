@@ -122,6 +122,7 @@ def tiny_vision_config() -> dict:
 
 def tiny_open_clip(seed: int = SEED):
     """The full tiny open_clip model (vision + text), built from ``tiny_vision_config`` through open_clip."""
+    import logging
     import tempfile
 
     import open_clip
@@ -132,7 +133,14 @@ def tiny_open_clip(seed: int = SEED):
         (Path(tmp) / f"{TINY_VISION_CONFIG_NAME}.json").write_text(json.dumps(tiny_vision_config()))
         open_clip.add_model_config(tmp)
         torch.manual_seed(seed)
-        model = open_clip.create_model(TINY_VISION_CONFIG_NAME, pretrained=None)
+        # open_clip logs "No pretrained weights loaded ... initialized randomly" on the root logger: intended here.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            model = open_clip.create_model(TINY_VISION_CONFIG_NAME, pretrained=None)
+        finally:
+            root.setLevel(level)
     model.eval()
     return model
 
@@ -160,7 +168,10 @@ def write_tiny_vision_tower(out_dir: Path, seed: int = SEED, training_checkpoint
 
 def write_tiny_lm(out_dir: Path, seed: int = SEED) -> Path:
     """Save the tiny LM and its tokenizer as a Hugging Face model folder (usable as a ``model.base``)."""
+    from transformers.utils import logging as hf_logging
+
     out_dir = Path(out_dir)
+    hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise
     tiny_lm(seed).save_pretrained(out_dir)
     tiny_tokenizer().save_pretrained(out_dir)
     return out_dir
@@ -202,7 +213,12 @@ def tiny_lora_model(seed: int = SEED):
     model, tokenizer, _ = tiny_llavarad_model(seed)
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, target_modules=LORA_TARGETS, bias="none",
                         task_type="CAUSAL_LM")
-    model.lm = get_peft_model(model.lm, config)
+    import warnings
+
+    with warnings.catch_warnings():
+        # PEFT asks transformers an outdated gradient-checkpointing question; harmless here.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model.lm = get_peft_model(model.lm, config)
     generator = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
         for name, param in model.lm.named_parameters():
