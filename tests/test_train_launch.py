@@ -85,6 +85,47 @@ def test_topology_and_launcher_command(tmp_path, assets):
         launcher.parse_hostfile(hostfile)
 
 
+def test_launcher_keeps_the_gpus_cuda_visible_devices_gives(tmp_path, assets, monkeypatch):
+    # DeepSpeed's runner ignores CUDA_VISIBLE_DEVICES when given --num_gpus: it must get --include instead.
+    _, spec = _spec(tmp_path, assets, launcher={"num_gpus": 2})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    topo = launcher.topology(spec, None, gpu_count=4)
+    cmd = launcher.launcher_command(spec, topo, Path("/x/s.yaml"))
+    assert cmd[cmd.index("--include") + 1] == "localhost:4,5" and "--num_gpus" not in cmd
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1f2e,GPU-3a4b")  # UUIDs: DeepSpeed cannot --include them
+    assert "--num_gpus" in launcher.launcher_command(spec, topo, Path("/x/s.yaml"))
+    cpu = launcher.topology(spec, num_workers=2)
+    assert "--num_gpus" in launcher.launcher_command(spec, cpu, Path("/x/s.yaml"))
+
+
+def test_a_worker_that_fails_even_before_its_spec_loads_is_reported_with_rank_and_error(tmp_path, assets,
+                                                                                          monkeypatch):
+    from llavarad_cli.train import worker
+
+    path, spec = _spec(tmp_path, assets)
+    run_dir = tmp_path / "out"
+    run_dir.mkdir()
+    resolved = specs.write_resolved_spec(spec, run_dir)
+    # On another node the records path the parent checked is missing: the worker's spec does not validate.
+    text = resolved.read_text().replace(str(assets["records"]), "/nowhere/train.json")
+    resolved.write_text(text)
+    codes = []
+    monkeypatch.setattr(worker.os, "_exit", lambda code: codes.append(code))
+    monkeypatch.setenv("RANK", "3")
+    worker.main(["--spec", str(resolved)])
+    assert codes == [2]
+    line = launcher.failure(run_dir, 2, world_size=4).one_line()
+    assert "worker rank 3" in line and "/nowhere/train.json" in line and "file not found" in line
+    # A crash (a bug, not a user mistake) names the rank, the error and where the traceback is.
+    try:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    except RuntimeError as exc:
+        worker.report_failure(run_dir, exc)
+    crash = launcher.failure(run_dir, 1, world_size=4)
+    assert crash.exit_code == 1 and "rank 3 failed: RuntimeError: CUDA out of memory" in crash.one_line()
+    assert (run_dir / ".errors" / "rank3-traceback.txt").read_text().startswith("Traceback")
+
+
 def test_failures_name_the_rank_and_the_error(tmp_path):
     errors = tmp_path / ".errors"
     errors.mkdir()

@@ -145,11 +145,24 @@ def launcher_command(spec: RunSpec, topo: Topology, spec_path: Path, merge: bool
         cmd += ["--hostfile", str(launcher.hostfile), "--num_nodes", str(topo.nodes)]
         if launcher.master_addr:
             cmd += ["--master_addr", launcher.master_addr]
-    cmd += ["--num_gpus", str(topo.per_node), "--master_port", str(launcher.master_port),
-            "--module", WORKER_MODULE, "--spec", str(spec_path)]
+    visible = _visible_gpus() if not topo.cpu and launcher.hostfile is None else None
+    if visible:
+        # DeepSpeed's runner ignores CUDA_VISIBLE_DEVICES when given --num_gpus and would start on GPUs 0..N-1
+        # (someone else's, on a shared server); --include keeps the GPUs this shell was given.
+        cmd += ["--include", "localhost:" + ",".join(visible[: topo.per_node])]
+    else:
+        cmd += ["--num_gpus", str(topo.per_node)]
+    cmd += ["--master_port", str(launcher.master_port), "--module", WORKER_MODULE, "--spec", str(spec_path)]
     if merge:
         cmd.append("--merge")
     return cmd
+
+
+def _visible_gpus() -> list[str] | None:
+    """The GPU indices in CUDA_VISIBLE_DEVICES, when it is set to plain indices (UUIDs: None)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    return ids if ids and all(part.isdigit() for part in ids) else None
 
 
 def worker_env(topo: Topology) -> dict[str, str]:

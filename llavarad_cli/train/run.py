@@ -56,7 +56,7 @@ def show_plan(plan: RunPlan, console: Console) -> None:
 
     topo = plan.topology
     kind = "CPU worker" if topo.cpu else "GPU"
-    console.rule("[bold]DeepSpeed config[/] (written to " + str(plan.out / DS_CONFIG) + ")")
+    console.rule("[bold]DeepSpeed config[/] (a run writes it to " + str(plan.out / DS_CONFIG) + ")")
     console.print_json(json.dumps(plan.ds_config))
     console.rule("[bold]launcher[/]")
     console.print(f"{topo.world_size} {kind}s ({topo.nodes} node(s) x {topo.per_node}); "
