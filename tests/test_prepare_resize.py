@@ -97,3 +97,17 @@ def test_large_png_box_reduction_stays_close_to_exact_resampling(data_dir, tmp_p
         # reduction all the way down differs by more than 1.1, nearest-neighbour by 3.
         difference = np.abs(np.asarray(fast, dtype=np.float32) - np.asarray(exact, dtype=np.float32)).mean()
         assert difference < 1.0
+
+
+def test_pool_results_and_early_stop(tmp_path):
+    images = []
+    for number in range(6):
+        path = tmp_path / f"{number}.jpg"
+        Image.new("L", (16, 16), number * 40).save(path)
+        images.append(path)
+    jobs = [ImageJob(number, path, None, None) for number, path in enumerate(images)]
+    assert sorted((r.index, r.status) for r in run_jobs(jobs, workers=2)) == [(n, "ok") for n in range(6)]
+    # A caller that stops reading (an error in the progress loop, Ctrl-C) stops the workers instead of hanging.
+    results = run_jobs(jobs, workers=2)
+    next(results)
+    results.close()

@@ -105,7 +105,8 @@ def process_images(candidates: list[Candidate], source: SourceResult, out: Path,
     columns = (TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     # Refreshed by hand: a refresh thread must not be running while the worker pool forks.
-    with Progress(*columns, console=console, auto_refresh=False, transient=False) as progress:
+    # No bar at all when there is nothing to check (no image folder given).
+    with Progress(*columns, console=console, auto_refresh=False, transient=False, disable=not jobs) as progress:
         task = progress.add_task(verb, total=len(jobs))
         last = 0.0
         for result in run_jobs(jobs, workers):

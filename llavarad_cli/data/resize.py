@@ -171,5 +171,12 @@ def run_jobs(jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
     # big chunks leave one worker idle at the end (3 images of 48 at once cost the 2-worker run ~6%).
     chunksize = max(1, min(16, len(jobs) // (workers * 64)))
     context = get_context("fork") if "fork" in get_all_start_methods() else get_context()
-    with context.Pool(workers) as pool:
+    pool = context.Pool(workers)
+    try:
         yield from pool.imap_unordered(run_job, jobs, chunksize=chunksize)
+        pool.close()  # all done: let the workers exit on their own, quicker than terminate()'s signals
+    except BaseException:  # an error, Ctrl-C or a caller that stopped early: stop the workers now
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
