@@ -31,15 +31,15 @@ Template = Literal["plain", "v1"]
 TEMPLATES: tuple[str, ...] = ("plain", "v1")
 
 
-def clean_reason(reason: str | None) -> str | None:
-    """Newlines in the reason become spaces (as the reference loaders do); blank means no reason."""
-    if reason is None:
+def clean_reason(reason: object) -> str | None:
+    """As the reference loaders do: any string reason is used, each newline turned into a space and nothing
+    else changed (a blank string still gets the indication wording); anything else (null, NaN) means none."""
+    if not isinstance(reason, str):
         return None
-    reason = reason.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
-    return reason if reason.strip() else None
+    return reason.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
-def user_turn(reason: str | None) -> str:
+def user_turn(reason: object) -> str:
     """The human turn stored in records: ``<image>\\n`` followed by one of the two wordings."""
     reason = clean_reason(reason)
     text = FINDINGS_PROMPT if reason is None else FINDINGS_PROMPT_WITH_REASON.format(reason=reason)

@@ -25,6 +25,11 @@ _SPLIT_ALIASES = {"train": "train", "dev": "dev", "valid": "dev", "validate": "d
 _IDS_IN_PATH = re.compile(r"p(\d+)/s(\d+)/([^/]+)\.[A-Za-z]+$")
 
 
+def _reason(value: object) -> str | None:
+    """Kept as the annotation has it: any string (even blank) is a reason for the reference's loader."""
+    return value if isinstance(value, str) else None
+
+
 def annotation_files(folder: Path) -> list[tuple[str, Path]]:
     """(split, file) for every JSON file whose name says its split, in train/dev/test order."""
     folder = Path(folder)
@@ -105,7 +110,7 @@ def load_annotations(folder: Path, mimic_dir: Path | None = None) -> SourceResul
             labels = item.get("chexpert_labels")
             record = make_record(
                 id=record_id, subject_id=subject_id, study_id=study_id, dicom_id=dicom_id, image=image, view=view,
-                split=split, reason=clean_text(item.get("reason")), findings=findings,
+                split=split, reason=_reason(item.get("reason")), findings=findings,
                 impression=clean_text(item.get("impression")), generate_method=method or "unknown",
                 chexpert_labels=labels if isinstance(labels, dict) else None, with_labels=True,
             )

@@ -64,6 +64,8 @@ def infer_single(image: Path, reason: Optional[str], choice: ModelChoice, settin
     picture = load_image_or_fail(image)  # before the (slow) model load: a typo fails fast
     model, tokenizer = _load(choice, err)
     predictor = Predictor(model, tokenizer, settings)
+    if reason is not None and not reason.strip():
+        reason = None  # `--reason ""` from a script with an empty variable means "no reason"
     query = user_turn(reason)
     findings = predictor.predict([query], predictor.pixel_values(picture).unsqueeze(0))[0]
     if as_json:

@@ -14,8 +14,7 @@ from typing import Any
 
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import read_json
-from llavarad_cli.prompts import (FINDINGS_PROMPT, FINDINGS_PROMPT_WITH_REASON, IMAGE_TOKEN, normalise_query,
-                                  user_turn)
+from llavarad_cli.prompts import normalise_query, user_turn
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,8 @@ def _turn(item: dict[str, Any], who: str) -> Any:
 
 
 def physionet_query(reason: Any) -> str:
-    """The human turn exactly as ``mimic_test_findings`` builds it: any non-null reason is used, with each
-    ``\\n`` turned into a space and nothing else changed (so a blank reason still gets the indication wording)."""
-    if not isinstance(reason, str):
-        # null; the reference would crash on anything else that is not a string (a NaN from pandas).
-        return f"{IMAGE_TOKEN}\n{FINDINGS_PROMPT}"
-    text = FINDINGS_PROMPT_WITH_REASON.format(reason=reason.replace("\n", " "))
-    return f"{IMAGE_TOKEN}\n{text}"
+    """The human turn exactly as ``mimic_test_findings`` builds it (see ``prompts.clean_reason``)."""
+    return user_turn(reason)
 
 
 def read_queries(path: Path) -> QuerySet:
@@ -90,7 +84,7 @@ def read_queries(path: Path) -> QuerySet:
                 query = normalise_query(human)
             else:
                 reason = item.get("reason")
-                query = user_turn(reason if isinstance(reason, str) else None)
+                query = user_turn(reason)
         queries.append(Query(str(item["id"]), query, item["image"],
                              reference if isinstance(reference, str) else None))
     queries, renamed = _unique_ids(queries)
