@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -158,6 +159,12 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _ignore_ctrl_c() -> None:
+    """Ctrl-C reaches the whole process group: only the parent should react (it stops the pool), so the
+    workers do not each print a KeyboardInterrupt traceback over the progress bar."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_jobs(jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
     """Yield each job's result as it finishes, from `workers` processes (in this process for 1).
 
@@ -171,7 +178,7 @@ def run_jobs(jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
     # big chunks leave one worker idle at the end (3 images of 48 at once cost the 2-worker run ~6%).
     chunksize = max(1, min(16, len(jobs) // (workers * 64)))
     context = get_context("fork") if "fork" in get_all_start_methods() else get_context()
-    pool = context.Pool(workers)
+    pool = context.Pool(workers, initializer=_ignore_ctrl_c)
     try:
         yield from pool.imap_unordered(run_job, jobs, chunksize=chunksize)
         pool.close()  # all done: let the workers exit on their own, quicker than terminate()'s signals
