@@ -145,7 +145,10 @@ def prepare(out: Path, *, image_size: int | None = None, workers: int | None = N
     images_given = source_options.get("mimic_dir") is not None or source_options.get("openi_images") is not None
     if image_size is not None and not images_given:
         raise UserError("--image-size needs the images", hint="give --mimic-dir (with --annotations) or --openi-images")
-    source = load_source(**source_options)
+    # All of MIMIC-CXR is 377,110 metadata rows and 227,835 reports to read and section: show that something is
+    # happening. The spinner's refresh thread is stopped before the image step forks its workers.
+    with console.status("reading the tables and reports"):
+        source = load_source(**source_options)
     out.mkdir(parents=True, exist_ok=True)
     records, image_counts = process_images(source.candidates, source, out, image_size,
                                            workers or default_workers(), console)
