@@ -111,3 +111,12 @@ def test_pool_results_and_early_stop(tmp_path):
     results = run_jobs(jobs, workers=2)
     next(results)
     results.close()
+
+
+def test_in_process_run_leaves_pillow_buffer_cache_as_it_was(tmp_path):
+    source = tmp_path / "src.jpg"
+    Image.new("L", (80, 100), 50).save(source)
+    before = Image.core.get_blocks_max()
+    results = list(run_jobs([ImageJob(0, source, tmp_path / "a.jpg", 40), ImageJob(1, source, None, None)], 1))
+    assert [r.status for r in results] == ["written", "ok"]
+    assert Image.core.get_blocks_max() == before

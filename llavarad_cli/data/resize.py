@@ -159,10 +159,25 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _ignore_ctrl_c() -> None:
+#: Freed image buffers Pillow keeps for the next image (its PILLOW_BLOCKS_MAX, 0 by default). Without them every
+#: image's buffers come back from the kernel as fresh pages: ~330 page faults and ~0.7 ms of a ~20 ms image.
+#: Blocks are at most 16 MB, so this holds at most 64 MB per worker.
+IMAGE_BLOCKS_CACHED = 4
+
+
+def _cache_image_blocks() -> int:
+    """Let Pillow reuse image buffers (unless the user set PILLOW_BLOCKS_MAX); returns the previous setting."""
+    previous = Image.core.get_blocks_max()
+    if "PILLOW_BLOCKS_MAX" not in os.environ:
+        Image.core.set_blocks_max(max(previous, IMAGE_BLOCKS_CACHED))
+    return previous
+
+
+def _init_worker() -> None:
     """Ctrl-C reaches the whole process group: only the parent should react (it stops the pool), so the
     workers do not each print a KeyboardInterrupt traceback over the progress bar."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _cache_image_blocks()
 
 
 def run_jobs(jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
@@ -172,13 +187,17 @@ def run_jobs(jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
     caller must not run other threads meanwhile (the progress bar is refreshed by hand for that reason).
     """
     if workers <= 1 or len(jobs) <= 1:
-        yield from map(run_job, jobs)
+        previous = _cache_image_blocks()
+        try:
+            yield from map(run_job, jobs)
+        finally:
+            Image.core.set_blocks_max(previous)  # leave the calling process as it was
         return
     # An image is ~20 ms of work and a message between processes ~0.1 ms, so chunks only need to be a few images:
     # big chunks leave one worker idle at the end (3 images of 48 at once cost the 2-worker run ~6%).
     chunksize = max(1, min(16, len(jobs) // (workers * 64)))
     context = get_context("fork") if "fork" in get_all_start_methods() else get_context()
-    pool = context.Pool(workers, initializer=_ignore_ctrl_c)
+    pool = context.Pool(workers, initializer=_init_worker)
     try:
         yield from pool.imap_unordered(run_job, jobs, chunksize=chunksize)
         pool.close()  # all done: let the workers exit on their own, quicker than terminate()'s signals
