@@ -65,15 +65,16 @@ def test_all_real_reports_without_images(data_dir, tmp_path):
         assert record["conversations"][1]["value"] == record["findings"]
 
 
-def test_with_real_images_in_kaggle_names_and_resized(data_dir, tmp_path):
+def test_with_real_images_in_kaggle_names_and_resized(data_dir, tmp_path, monkeypatch):
     # The Kaggle download names images 7_IM-2263-1001.dcm.png inside a sub-folder.
     images = tmp_path / "images" / "images_normalized"
     images.mkdir(parents=True)
     for name in ("CXR3_IM-1384-1001.png", "CXR7_IM-2263-1001.png", "CXR7_IM-2263-2001.png"):
         shutil.copy(data_dir / "cxr-images" / "iu" / name, images / (name[3:].replace(".png", ".dcm.png")))
     out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)  # a relative --out, as users type it
     result = CliRunner().invoke(app, [*_openi_args(data_dir), "--openi-images", str(tmp_path / "images"),
-                                      "--image-size", "256", "--split", "dev", "--workers", "1", "--out", str(out)])
+                                      "--image-size", "256", "--split", "dev", "--workers", "1", "--out", "out"])
     assert result.exit_code == 0, result.output
     records = json.loads((out / "dev.json").read_text())
     assert [r["id"] for r in records] == ["CXR7_IM-2263-1001"]
@@ -85,6 +86,8 @@ def test_with_real_images_in_kaggle_names_and_resized(data_dir, tmp_path):
     # Every other frontal image with findings is not in the folder: counted, not fatal.
     assert summary["skipped"]["missing_image"]["count"] == 3306
     assert summary["images"]["written"] == 1
+    # The summary says where the copies are wherever it is read from.
+    assert summary["images"]["root"] == str(out / "images")
 
 
 def test_open_i_names():

@@ -172,7 +172,8 @@ def prepare(out: Path, *, image_size: int | None = None, workers: int | None = N
         "total_records": len(records),
         "skipped": source.skips.to_json(source.skip_reasons),
         "total_skipped": source.skips.total(),
-        "images": {"root": str(image_root) if image_root is not None else None, "image_size": image_size,
+        # Absolute, so the summary still says where the images are when read from another folder.
+        "images": {"root": str(image_root.absolute()) if image_root is not None else None, "image_size": image_size,
                    **image_counts},
         "files": written,
     }
