@@ -159,3 +159,28 @@ def test_epoch_plan_is_a_function_of_the_step_alone():
 
     with pytest.raises(UserError, match="larger than"):
         EpochPlan(3, 0, 2, 0, 2, 1)
+
+
+def test_packed_records_round_trip_and_reject_bad_files(tmp_path):
+    import json
+
+    from llavarad_cli.errors import UserError
+    from llavarad_cli.train.dataset import PackedRecords, load_records
+
+    records = [{"id": f"r{i}", "image": f"p/{i}.jpg", "findings": "Clear é ✓" * i,
+                "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}
+               for i in range(5)]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(records))
+    packed = load_records(path)
+    assert isinstance(packed, PackedRecords) and len(packed) == 5
+    kept = [{k: r[k] for k in ("id", "image", "conversations")} for r in records]
+    assert [packed[i] for i in range(5)] == kept and packed[-1] == kept[-1]
+    with pytest.raises(IndexError):
+        packed[5]
+    path.write_text(json.dumps([{"id": "x"}]))
+    with pytest.raises(UserError, match="record 0 has no `image` field"):
+        load_records(path)
+    path.write_text("[]")
+    with pytest.raises(UserError, match="non-empty JSON list"):
+        load_records(path)

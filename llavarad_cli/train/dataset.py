@@ -1,13 +1,14 @@
 """Training data: records -> (ids, labels, pixels) in DataLoader workers, a resumable sampler, the collator.
 
-Records are read once (a JSON list written by ``llavarad prepare``); tokenisation, image reading and the
-vision transform happen per item, inside DataLoader workers. A record that cannot be used (unreadable image,
+Records are read once (a JSON list written by ``llavarad prepare``) and packed into one buffer; decoding a
+record, tokenisation, image reading and the vision transform happen per item, inside DataLoader workers. A record that cannot be used (unreadable image,
 mask mismatch, no findings) is dropped from its batch and counted, never replaced by a grey square or a
 zeroed loss.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,38 @@ from llavarad_cli.prompts import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llavarad_cli.train.samples import SampleProblem, build_sample
 
 
-def load_records(path: Path) -> list[dict]:
+class PackedRecords:
+    """Records kept as one buffer of compact JSON plus offsets; item ``i`` is decoded on access.
+
+    A list of 400k dicts costs gigabytes of Python objects per rank, and DataLoader workers touching their
+    reference counts copy those pages one by one; a single byte buffer costs the JSON size once and stays
+    shared with forked workers.
+    """
+
+    #: What training reads of a record; the rest (findings again, impression, labels, ...) is not kept.
+    FIELDS = ("id", "image", "conversations")
+
+    def __init__(self, records: list[dict]):
+        import numpy as np
+
+        blobs = [json.dumps({k: r[k] for k in self.FIELDS if k in r}, ensure_ascii=False,
+                            separators=(",", ":")).encode("utf-8") for r in records]
+        self._offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in blobs], out=self._offsets[1:])
+        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        start, end = self._offsets[index], self._offsets[index + 1]
+        return json.loads(self._buffer[start:end].tobytes())
+
+
+def load_records(path: Path) -> PackedRecords:
     records = read_json(path)
     if isinstance(records, dict):
         records = records.get("records", records.get("data"))
@@ -29,7 +61,7 @@ def load_records(path: Path) -> list[dict]:
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict) or "image" not in r), None)
     if bad is not None:
         raise UserError(f"{path}: record {bad} has no `image` field", hint="records come from `llavarad prepare`")
-    return records
+    return PackedRecords(records)
 
 
 #: prepare/infer's image problems -> this module's skip reasons.
