@@ -282,3 +282,20 @@ def test_a_changed_spec_is_named_on_resume(tmp_path, assets):
     assert changed_settings(saved, spec) == []
     _, other = _spec(tmp_path, assets, train={"learning_rate": 0.5}, output={"logging_steps": 7})
     assert changed_settings(saved, other) == ["train.learning_rate"]
+
+
+def test_memory_estimate_offline_uses_the_published_vicuna_shape(tmp_path, monkeypatch):
+    from llavarad_cli import specs
+    from llavarad_cli.train import memory
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # nothing cached
+    records = tmp_path / "train.json"
+    records.write_text("[]")
+    spec = specs.build_spec("finetune", {"data": {"train_records": str(records), "image_folder": str(tmp_path)},
+                                         "output": {"dir": str(tmp_path / "run")}})
+    est = memory.estimate(spec, world_size=4)
+    rows = dict(est.rows)
+    assert "LM weights, frozen (6.74 B params)" in rows
+    assert "trainable weights (19.93 M projector + 159.91 M LoRA)" in rows
+    assert any("published shape assumed" in note for note in est.notes)

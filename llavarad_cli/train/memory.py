@@ -26,6 +26,15 @@ class Estimate:
         return sum(v for _, v in self.rows)
 
 
+#: Published shapes of base LMs, so a dry run can estimate memory before the weights are downloaded.
+KNOWN_LM_SHAPES = {
+    # Llama-2-7B architecture (llava-rad-facts.md §1.1, §5.2)
+    "lmsys/vicuna-7b-v1.5": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                                 max_position_embeddings=4096, tie_word_embeddings=False),
+}
+
+
 def _lm_shape(spec: RunSpec):
     """(LM parameters, hidden, layers, vocab, LoRA parameters) from the LM's config, without weights."""
     import torch
@@ -34,7 +43,16 @@ def _lm_shape(spec: RunSpec):
     from llavarad_cli.model.weights import resolve_dir
     from llavarad_cli.train.build import linear_layer_names
 
-    config = AutoConfig.from_pretrained(resolve_dir(spec.model.base, "base language model"))
+    try:
+        config = AutoConfig.from_pretrained(resolve_dir(spec.model.base, "base language model"))
+        assumed = False
+    except Exception:  # noqa: BLE001 - offline or not downloaded yet: fall back to a shape we know
+        if spec.model.base not in KNOWN_LM_SHAPES:
+            raise
+        from transformers import LlamaConfig
+
+        config = LlamaConfig(**KNOWN_LM_SHAPES[spec.model.base])
+        assumed = True
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in lm.parameters())
@@ -45,7 +63,7 @@ def _lm_shape(spec: RunSpec):
             if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
                 lora += spec.lora.r * (module.in_features + module.out_features)
     return params, config.hidden_size, config.num_hidden_layers, config.vocab_size, lora, \
-        getattr(config, "max_position_embeddings", None)
+        getattr(config, "max_position_embeddings", None), assumed
 
 
 def _tower_shape(spec: RunSpec):
@@ -75,11 +93,13 @@ def _count(n: int) -> str:
 def estimate(spec: RunSpec, world_size: int) -> Estimate:
     est = Estimate()
     try:
-        lm_params, hidden, layers, vocab, lora, max_positions = _lm_shape(spec)
+        lm_params, hidden, layers, vocab, lora, max_positions, lm_assumed = _lm_shape(spec)
     except Exception as exc:  # noqa: BLE001 - a dry run must not fail because the hub is offline
         est.notes.append(f"no estimate: the LM config of `{spec.model.base}` could not be read "
                          f"({exc.__class__.__name__})")
         return est
+    if lm_assumed:
+        est.notes.append(f"LM config of `{spec.model.base}` not readable here (offline?): its published shape assumed")
     tower_params, tower_hidden, patches, assumed = _tower_shape(spec)
     if assumed:
         est.notes.append("vision tower assumed to be the released ViT-B/14 at 518 px (1369 patches)")
