@@ -22,15 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-#: The vision side of the released biomedclipcxr_518.json (llava-rad-facts.md §5.1); the text tower is not built.
-RELEASED_VISION_CONFIG = {
-    "embed_dim": 512,
-    "vision_cfg": {"timm_model_name": "vit_base_patch14_dinov2.lvd142m", "timm_model_pretrained": False,
-                   "timm_pool": "", "timm_proj": "linear", "image_size": 518},
-}
-VICUNA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                 bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+from llavarad_cli.model.shapes import RELEASED_VISION_CONFIG, VICUNA_7B
+
 PROMPT_TEXT_TOKENS = (38, 60)  # tokens before and after <image> in the v1 prompt with a typical reason
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llavarad_cli.model.shapes import KNOWN_LM_SHAPES, RELEASED_TOWER
 from llavarad_cli.specs import RunSpec
 
 GIB = 1024**3
-#: The released BiomedCLIP-CXR tower (ViT-B/14 at 518 px) when its JSON cannot be read for the dry run.
-RELEASED_TOWER = {"params": 86_000_000, "hidden": 768, "patches": 1369}
 
 
 @dataclass
@@ -24,15 +23,6 @@ class Estimate:
     @property
     def total(self) -> float:
         return sum(v for _, v in self.rows)
-
-
-#: Published shapes of base LMs, so a dry run can estimate memory before the weights are downloaded.
-KNOWN_LM_SHAPES = {
-    # Llama-2-7B architecture (llava-rad-facts.md §1.1, §5.2)
-    "lmsys/vicuna-7b-v1.5": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                                 max_position_embeddings=4096, tie_word_embeddings=False),
-}
 
 
 def _lm_shape(spec: RunSpec):
