@@ -94,7 +94,9 @@ def _train_command(stage: str, spec: Optional[Path], overrides: List[str], dry_r
     from llavarad_cli import specs
 
     if print_spec:
-        typer.echo(specs.default_spec_yaml(stage))
+        from llavarad_cli.spec_template import default_spec_yaml
+
+        typer.echo(default_spec_yaml(stage))
         return
     if spec is None:
         raise UserError(f"`llavarad {stage}` needs a run spec", hint=f"`llavarad {stage} --print-spec > run.yaml` writes one")

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from llavarad_cli import specs
+from llavarad_cli.spec_template import default_spec_yaml
 from llavarad_cli.errors import UserError
 
 
@@ -137,7 +138,7 @@ def test_overrides(tmp_path, paths):
 
 def test_default_spec_is_complete_commented_and_loads(tmp_path, paths):
     for stage in specs.STAGES:
-        text = specs.default_spec_yaml(stage)
+        text = default_spec_yaml(stage)
         assert text.count("# ") > 20
         data = yaml.safe_load(text)
         assert set(data) == set(specs.RunSpec.model_fields)

@@ -255,7 +255,9 @@ def test_stage1_projector_loads_from_the_reference_file_and_a_wrong_one_is_refus
 def test_example_specs_are_complete_and_hold_the_paper_recipe(tmp_path, assets, stage):
     root = Path(__file__).resolve().parents[1]
     data = specs.read_yaml(root / "examples" / f"{stage}.yaml")
-    defaults = specs._defaults_as_dict(stage)
+    from llavarad_cli.spec_template import stage_defaults
+
+    defaults = stage_defaults(stage)
     assert set(data) == set(defaults)
     for section in ("train", "lora", "deepspeed", "launcher", "output"):
         assert set(data[section]) == set(defaults[section]), section
