@@ -288,3 +288,26 @@ def test_missing_column_is_named(tmp_path):
     _write_csv(mimic / "mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id"], [], gz=False)
     result = _run("--mimic-dir", mimic, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "missing column(s) split" in result.output
+
+
+def test_damaged_zip_member_is_an_unreadable_report_not_a_crash(tmp_path):
+    # A flipped byte inside a deflated member makes zlib fail mid-stream (zlib.error, not BadZipFile).
+    from llavarad_cli.data.reports import ReportStore, UnreadableReport
+
+    name = "files/p10/p10000032/s50414267.txt"
+    path = tmp_path / "reports.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, " FINDINGS: " + "The lungs are clear. " * 200)
+        zf.writestr("files/p10/p10000033/s50414268.txt", " FINDINGS: Normal.\n")
+    data = bytearray(path.read_bytes())
+    start = 30 + len(name) + 10  # inside the first member's compressed data
+    for i in range(start, start + 40):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    store = ReportStore(path)
+    try:
+        with pytest.raises(UnreadableReport):
+            store.read("10000032", "50414267")
+        assert store.read("10000033", "50414268") == b" FINDINGS: Normal.\n"
+    finally:
+        store.close()

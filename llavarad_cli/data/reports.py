@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 from llavarad_cli.errors import UserError
@@ -56,7 +57,9 @@ class ReportStore:
                 return None
             try:
                 return self._zip.read(name)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            # A damaged deflate stream raises zlib.error; an encrypted member RuntimeError; an unsupported
+            # compression method (Deflate64 from some re-packers) NotImplementedError.
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as exc:
                 raise UnreadableReport(str(exc)) from None
         path = self.root / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}.txt"
         try:
