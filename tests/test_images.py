@@ -102,6 +102,17 @@ def test_paths_escaping_the_image_folder_are_refused(tmp_path, bad):
     assert err.value.kind == "unsafe_path"
 
 
+def test_mimic_prefix_fallback_cannot_escape_the_folder(tmp_path):
+    # `mimic/../secret.png` stays inside as written; dropping `mimic/` must not turn it into `../secret.png`.
+    (tmp_path / "secret.png").write_bytes(b"x")
+    (tmp_path / "files").mkdir()
+    resolved = resolve_image_path(tmp_path / "files", "mimic/../secret.png")
+    assert resolved == tmp_path / "files" / "secret.png"  # inside, and missing: a counted skip
+    with pytest.raises(ImageProblem) as err:
+        load_image(resolved)
+    assert err.value.kind == "missing_image"
+
+
 def test_paths_inside_the_folder_resolve_and_mimic_prefix_is_dropped(tmp_path):
     root = tmp_path / "files"
     (root / "p10" / "p1").mkdir(parents=True)

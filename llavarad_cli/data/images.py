@@ -42,9 +42,10 @@ def resolve_image_path(root: Path, relative: str) -> Path:
         raise ImageProblem("unsafe_path", f"image path {relative!r} escapes the image folder {root_norm}")
     path = Path(candidate)
     if not path.exists() and relative.startswith("mimic/"):
-        stripped = Path(root_norm) / relative[len("mimic/"):]
-        if stripped.exists():
-            return stripped
+        stripped = os.path.normpath(os.path.join(root_norm, os.path.expanduser(relative.strip()[len("mimic/"):])))
+        # Checked again: `mimic/../x` stays inside as written but would climb out once `mimic/` is dropped.
+        if stripped.startswith(root_norm + os.sep) and Path(stripped).exists():
+            return Path(stripped)
     return path
 
 
