@@ -194,3 +194,31 @@ def test_torn_and_damaged_prediction_files(tmp_path):
     damaged = _write(tmp_path / "d.jsonl", [_row(0)], ["garbage\n", json.dumps(_row(1)) + "\n"])
     with pytest.raises(UserError, match="d.jsonl:2"):
         scan_predictions(damaged)
+
+
+@pytest.mark.parametrize("content", [
+    '[{"id": "a", "image": "x.png", "conversations": []}]',      # a compact JSON file (json.dump), no newline
+    '[{"id": "a", "image": "x.png", "conversations": []}]\n',    # ... with one
+    'id,prediction\n',                                           # a CSV header
+])
+def test_writer_never_truncates_a_file_that_is_not_predictions(tmp_path, content):
+    # `--output` pointed at the wrong file must be refused, not cut to zero bytes as a "torn last line".
+    from llavarad_cli.infer.writer import PredictionWriter
+
+    path = tmp_path / "test.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match="not a predictions file"):
+        PredictionWriter(path)
+    assert path.read_text() == content
+
+
+def test_output_that_is_a_folder_is_a_user_error(tmp_path):
+    from llavarad_cli.infer.writer import scan_predictions
+
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        scan_predictions(folder)
+    chunk = _write(tmp_path / "c_0.jsonl", [_row(0)])
+    result = CliRunner().invoke(app, ["merge-chunks", str(chunk), "--output", str(folder)])
+    assert result.exit_code == 2 and "is a folder" in result.output

@@ -45,6 +45,8 @@ def merge_chunks(files: Sequence[Path], output: Path, query_ids: Sequence[str] |
     if not paths:
         raise UserError("no chunk files given")
     output = Path(output)
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder", hint="name the merged file, e.g. preds.jsonl")
     for path in paths:
         if not path.is_file():
             raise UserError(f"chunk file not found: {path}")

@@ -18,6 +18,8 @@ def scan_predictions(path: Path) -> tuple[set[str], int]:
     """Ids in a predictions file and the byte length of its intact part (up to the last good line)."""
     done: set[str] = set()
     good_bytes = 0
+    if path.is_dir():
+        raise UserError(f"{path} is a folder", hint="--output takes the predictions file, e.g. preds.jsonl")
     if not path.exists():
         return done, 0
     with open(path, "rb") as fh:
@@ -34,6 +36,10 @@ def scan_predictions(path: Path) -> tuple[set[str], int]:
                     raise ValueError("not a prediction object")
             except ValueError:
                 if is_last or all(not rest.strip() for rest in lines[number:]):
+                    if not _could_be_torn(raw):  # e.g. --output pointed at a query file: never truncate it
+                        raise UserError(f"{path}:{number}: not a predictions file (neither a prediction line "
+                                        "nor the cut-off start of one)",
+                                        hint="--output takes a new or earlier predictions JSONL") from None
                     break  # the torn tail of an interrupted write: redo that record
                 raise UserError(f"{path}:{number}: not a prediction line; the file is damaged in the middle",
                                 hint="move the file away or fix that line, then rerun") from None
@@ -43,6 +49,17 @@ def scan_predictions(path: Path) -> tuple[set[str], int]:
         good_bytes = end
         offset = end
     return done, good_bytes
+
+
+#: How every line this writer appends starts; a torn tail is a cut-off line, so it starts the same way.
+_LINE_START = b'{"id": '
+
+
+def _could_be_torn(raw: bytes) -> bool:
+    """True when ``raw`` can be what a kill or power cut left of a line we wrote (a prefix of it, or the
+    zero bytes a file system may leave after a crash)."""
+    text = raw.strip(b"\0 \t\r")
+    return text.startswith(_LINE_START) or _LINE_START.startswith(text)
 
 
 class PredictionWriter:
@@ -60,6 +77,7 @@ class PredictionWriter:
 
     def write_batch(self, rows: Iterable[dict]) -> None:
         for row in rows:
+            row = {"id": row["id"], **row}  # id first: every line starts with _LINE_START
             self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             self.done.add(str(row["id"]))
         self._fh.flush()
