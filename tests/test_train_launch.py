@@ -301,3 +301,20 @@ def test_memory_estimate_offline_uses_the_published_vicuna_shape(tmp_path, monke
     assert "LM weights, frozen (6.74 B params)" in rows
     assert "trainable weights (19.93 M projector + 159.91 M LoRA)" in rows
     assert any("published shape assumed" in note for note in est.notes)
+
+
+def test_tower_checkpoint_left_null_is_taken_from_released_from_never_a_random_tower(tmp_path, assets):
+    from llavarad_cli.model.released import RELEASED_TOWER_CHECKPOINT
+    from llavarad_cli.train.build import tower_files
+
+    released = tmp_path / "released"
+    released.mkdir()
+    (released / RELEASED_TOWER_CHECKPOINT).write_bytes(Path(assets["tower_checkpoint"]).read_bytes())
+    _, spec = _spec(tmp_path, assets, model={"vision_tower": {"config": str(assets["tower_config"]),
+                                                              "released_from": str(released)}})
+    config, ckpt = tower_files(spec)
+    assert config == Path(assets["tower_config"]).resolve() and ckpt == released / RELEASED_TOWER_CHECKPOINT
+    _, spec = _spec(tmp_path, assets, model={"vision_tower": {"config": str(assets["tower_config"]),
+                                                              "released_from": str(tmp_path / "nowhere")}})
+    with pytest.raises(UserError, match="vision tower checkpoint"):
+        tower_files(spec)

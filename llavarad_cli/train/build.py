@@ -31,7 +31,7 @@ def worker_device():
     return torch.device("cpu")
 
 
-def tower_files(spec: RunSpec) -> tuple[Path, Path | None]:
+def tower_files(spec: RunSpec) -> tuple[Path, Path]:
     """The vision tower's open_clip JSON and checkpoint: given in the spec, or the released ones."""
     from llavarad_cli.model.released import RELEASED_TOWER_CHECKPOINT, RELEASED_TOWER_CONFIG
     from llavarad_cli.model.weights import resolve_file
@@ -39,9 +39,11 @@ def tower_files(spec: RunSpec) -> tuple[Path, Path | None]:
     vt = spec.model.vision_tower
     config = vt.config or resolve_file(vt.released_from, RELEASED_TOWER_CONFIG, "vision tower config")
     checkpoint = vt.checkpoint
-    if checkpoint is None and vt.config is None:
+    if checkpoint is None:
+        # As the spec documents, also when only `config` is given: a tower without weights would train (and save)
+        # a randomly initialised vision encoder without a word.
         checkpoint = resolve_file(vt.released_from, RELEASED_TOWER_CHECKPOINT, "vision tower checkpoint")
-    return Path(config), (Path(checkpoint) if checkpoint else None)
+    return Path(config), Path(checkpoint)
 
 
 def pad_token_id(tokenizer) -> int:

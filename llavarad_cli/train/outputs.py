@@ -35,8 +35,7 @@ def save_weights(model, spec: RunSpec, path: Path, reference_tower: bool = False
 
     files = None
     if reference_tower:
-        config, checkpoint = tower_files(spec)
-        files = (config, checkpoint) if checkpoint is not None else None  # a tower without weights file: copy
+        files = tower_files(spec)
     return save_native_checkpoint(Path(path), model, base=base_reference(spec),
                                   lm_weights="adapter" if spec.lora.enabled else "none",
                                   extra={"trained_by": f"llavarad {spec.stage}"}, tower_files=files)
