@@ -257,6 +257,10 @@ def evaluate(
         Prompt.from_file(cp_prompt)
     if radgraph_annotations is not None and "radgraph" in names and not radgraph_annotations.is_file():
         raise UserError(f"--radgraph-annotations {radgraph_annotations}: file not found")
+    if device is not None and {"chexbert", "radgraph"} & set(names):
+        from llavarad_cli.model.loading import pick_device
+
+        pick_device(device)  # `gpu`, `cuda:7` on a 1-GPU box, ...: one line now, not a traceback mid-run
     cp_cfg = ChexpromptConfig(base_url=cp_base_url, model=cp_model, api_key_env=cp_key_env,
                               azure_deployment=cp_deployment, api_version=cp_api_version, requests_per_minute=cp_rpm,
                               workers=cp_workers, max_retries=cp_retries)

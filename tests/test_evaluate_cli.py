@@ -241,3 +241,16 @@ def test_null_references_are_left_out_and_counted_not_scored_as_empty(tmp_path):
     path.write_text(json.dumps(rows[1]) + "\n")
     res = runner.invoke(app, ["evaluate", str(path), "--metrics", "rouge", "--out", str(tmp_path / "ev")])
     assert res.exit_code == 2 and "none of the 1 records has a reference" in " ".join(res.output.split())
+
+
+def test_a_mistyped_device_is_one_clear_line_before_scoring(tmp_path, preds):
+    from llavarad_cli.evaluate import fixtures
+
+    path, v = preds
+    fixtures.wordpiece_tokenizer(v["hyps"] + v["refs"], tmp_path / "tok", vocab_size=200)
+    fixtures.random_chexbert(tmp_path / "w" / "chexbert.pth", fixtures.tiny_bert_config(200))
+    res = runner.invoke(app, ["evaluate", str(path), "--metrics", "bleu,chexbert", "--bootstrap", "0",
+                              "--chexbert-weights", str(tmp_path / "w"), "--chexbert-tokenizer", str(tmp_path / "tok"),
+                              "--device", "gpu", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 2 and "unknown device `gpu`" in res.output, res.output
+    assert not (tmp_path / "ev").exists()
