@@ -177,3 +177,15 @@ def test_hosted_endpoint_without_key_fails_before_asking_but_a_cached_rerun_need
     rate_pairs(["a"], ["b"], _cfg(server, tmp_path))
     ratings, stats = rate_pairs(["a"], ["b"], _cfg(server, tmp_path, **hosted))
     assert ratings[0] is not None and stats == {"cached": 1, "requested": 0, "failed": 0}
+
+
+def test_a_line_torn_by_a_kill_does_not_swallow_the_next_cached_rating(tmp_path):
+    from llavarad_cli.evaluate.chexprompt import RatingCache
+
+    rating = parse_rating(GOOD)
+    cache = RatingCache(tmp_path)
+    cache.put("k1", rating, GOOD)
+    with open(cache.path, "a", encoding="utf-8") as fh:
+        fh.write('{"key": "k2", "rati')  # the process was killed mid-write
+    RatingCache(tmp_path).put("k3", rating, GOOD)
+    assert set(RatingCache(tmp_path).entries) == {"k1", "k3"}

@@ -78,6 +78,13 @@ class RatingCache:
                         self.entries[rec["key"]] = rec
                     except (json.JSONDecodeError, KeyError, TypeError):
                         continue
+            with open(self.path, "rb+") as fh:
+                # end a line torn by a kill, or the next rating appended would join it and be lost as well
+                size = fh.seek(0, os.SEEK_END)
+                if size:
+                    fh.seek(size - 1)
+                    if fh.read(1) != b"\n":
+                        fh.write(b"\n")
 
     @staticmethod
     def key(model: str, prompt: Prompt, reference: str, candidate: str) -> str:
