@@ -51,11 +51,6 @@ def bleu_scores(stats: np.ndarray, order: int, counts: np.ndarray | None) -> tup
     return point, np.array([bleu_from_stats(row, order) for row in summed])
 
 
-def sentence_bleu(stats_row: np.ndarray, order: int) -> float:
-    """One report's BLEU from its own counts (for per_report.jsonl; corpus BLEU is not the mean of these)."""
-    return bleu_from_stats(stats_for_order(stats_row, order), order)
-
-
 def rouge_f(hyps: Sequence[str], refs: Sequence[str], kind: str = "rougeL") -> np.ndarray:
     """Per-report F-measure; rouge-score's default tokenizer (lower-case, alphanumeric tokens), no stemmer."""
     from rouge_score import rouge_scorer
