@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llavarad_cli import __version__
-from llavarad_cli.errors import NotBuiltYet, UserError
+from llavarad_cli.errors import UserError
 
 app = typer.Typer(
     name="llavarad",

@@ -23,12 +23,3 @@ class UserError(Exception):
             text += f" (hint: {' '.join(self.hint.split())})"
         return text
 
-
-class NotBuiltYet(UserError):
-    """Raised by a subcommand whose feature has not been written yet: never a fake success."""
-
-    def __init__(self, command: str):
-        super().__init__(
-            f"`llavarad {command}` is not built yet in this version",
-            hint="see CHANGELOG.md for what works now",
-        )
