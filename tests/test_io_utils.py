@@ -42,3 +42,13 @@ def test_read_json_errors_are_one_line(tmp_path):
         io_utils.read_json(bad)
     with pytest.raises(UserError, match="file not found"):
         io_utils.read_json(tmp_path / "missing.json")
+
+
+def test_non_durable_write_skips_fsync_but_stays_atomic(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    io_utils.atomic_write_bytes(tmp_path / "a.jpg", b"x", durable=False)
+    assert calls == []
+    io_utils.atomic_write_bytes(tmp_path / "b.json", b"y")
+    assert len(calls) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.json"]

@@ -19,6 +19,8 @@ from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from llavarad_cli.io_utils import atomic_write_bytes
+
 JPEG_QUALITY = 95
 #: Antialiased bicubic: the filter the model's own eval transform uses to bring an image to 518 px
 #: (open_clip, llava-rad-facts.md §1.3), so a copy is as close to what the model would make of the original as
@@ -46,23 +48,6 @@ class ImageResult:
     index: int
     status: str  # "ok", "written", "reused", "missing_image" or "unreadable_image"
     detail: str = ""
-
-
-def write_atomic(target: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: a kill never leaves half a copy under the final name.
-
-    No fsync: these are derived files, and a copy lost to a power cut is caught by `copy_is_usable` on the rerun
-    and written again; the per-file fsync would cost ~10% of the step. The file mode follows the umask.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as fh:
-            fh.write(data)
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def copy_is_usable(path: Path) -> bool:
@@ -108,7 +93,7 @@ def resize_image(source: Path, target: Path, size: int) -> None:
             with open(source, "rb") as fh:  # already small enough: keep the original bytes, no re-encoding loss
                 data = fh.read()
             image.load()  # still prove it decodes
-            write_atomic(target, data)
+            atomic_write_bytes(target, data, durable=False)
             return
         if image.format == "JPEG":
             # Decode at the smallest 1/1, 1/2, 1/4 or 1/8 scale that is still at least new_size.
@@ -119,7 +104,8 @@ def resize_image(source: Path, target: Path, size: int) -> None:
             pixels = pixels.resize(new_size, RESAMPLE, reducing_gap=REDUCING_GAP)
         buffer = io.BytesIO()
         pixels.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    write_atomic(target, buffer.getvalue())
+    # No fsync: a copy lost to a power cut is caught by `copy_is_usable` on the rerun; fsync cost ~10% here.
+    atomic_write_bytes(target, buffer.getvalue(), durable=False)
 
 
 def check_image(source: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
-from llavarad_cli.io_utils import atomic_write_text
+from llavarad_cli.io_utils import atomic_write_bytes, atomic_write_text
 
 
 class MetricsLog:
@@ -100,8 +101,8 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str) -> Path | No
     ax.set_title(title)
     fig.tight_layout()
     png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    os.replace(tmp, png_path)
+    atomic_write_bytes(png_path, buffer.getvalue())
     return png_path
