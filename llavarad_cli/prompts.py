@@ -1,6 +1,6 @@
 """Prompt wording and conversation templates: the one source of truth shared by prepare, train and infer.
 
-Strings follow LLaVA-Rad exactly (llava-rad-facts.md §1.4; reference-behaviour.md §2.3-2.5).
+Strings follow LLaVA-Rad's released code exactly: its two findings wordings and the Vicuna v1 conversation.
 """
 
 from __future__ import annotations

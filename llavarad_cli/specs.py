@@ -1,7 +1,7 @@
 """Run specs for ``pretrain`` / ``finetune``: pydantic models, YAML loading, ``--set`` overrides, errors.
 
 A spec is plain YAML with the sections ``model``, ``data``, ``train``, ``lora``, ``deepspeed``, ``launcher`` and
-``output``. Defaults are the LLaVA-Rad recipe for the stage (llava-rad-facts.md §2.2). Every mistake becomes
+``output``. Defaults are the LLaVA-Rad recipe for the stage (the paper's and the released scripts' hyper-parameters). Every mistake becomes
 one line: ``run.yaml: train.learning_rate: Input should be greater than 0``.
 """
 
@@ -190,7 +190,7 @@ class RunSpec(Section):
     output: OutputSection
 
 
-#: The LLaVA-Rad recipe per stage (llava-rad-facts.md §2.2). Paths are placeholders the user must change.
+#: The LLaVA-Rad recipe per stage (the released training scripts' values). Paths are placeholders the user must change.
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {
         "stage": "pretrain",

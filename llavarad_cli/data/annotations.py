@@ -1,6 +1,6 @@
 """The PhysioNet "LLaVA-Rad MIMIC-CXR Annotations" JSON files -> validated, normalised records.
 
-Same selection as LLaVA-Rad's `mimic_train_findings` / `mimic_test_findings` loaders (reference-behaviour.md §2.1):
+Same selection as LLaVA-Rad's `mimic_train_findings` / `mimic_test_findings` loaders:
 string findings, AP/PA only, test keeps only `rule-based` records, a leading `mimic/` is dropped from image paths,
 and the human turn is rewritten with the LLaVA-Rad prompt.
 """

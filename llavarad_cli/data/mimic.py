@@ -1,6 +1,6 @@
 """MIMIC-CXR-JPG 2.0.0 + the MIMIC-CXR reports -> records (one per frontal image whose study has findings).
 
-Layout (llava-rad-facts.md §7.1-7.2): images at `files/pXX/p<subject>/s<study>/<dicom>.jpg`, one metadata row per
+Layout (MIMIC-CXR-JPG 2.0.0 as PhysioNet distributes it): images at `files/pXX/p<subject>/s<study>/<dicom>.jpg`, one metadata row per
 image (ViewPosition), one split row per image, CheXpert labels per study, one report per study.
 """
 

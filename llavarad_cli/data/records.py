@@ -1,7 +1,7 @@
 """The record every source produces, and the tally of what was skipped and why.
 
 A record is one frontal image with its study's findings, in the LLaVA conversation format that `pretrain`,
-`finetune` and `infer` read (reference-behaviour.md §2.1), plus the ids and sections a user wants to filter on.
+`finetune` and `infer` read (the shape of LLaVA-Rad's own training JSON), plus the ids and sections a user wants to filter on.
 """
 
 from __future__ import annotations

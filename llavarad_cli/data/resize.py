@@ -23,7 +23,7 @@ from llavarad_cli.io_utils import atomic_write_bytes
 
 JPEG_QUALITY = 95
 #: Antialiased bicubic: the filter the model's own eval transform uses to bring an image to 518 px
-#: (open_clip, llava-rad-facts.md §1.3), so a copy is as close to what the model would make of the original as
+#: (open_clip's eval transform, PIL bicubic), so a copy is as close to what the model would make of the original as
 #: a LANCZOS copy (within 0.2 dB PSNR after the JPEG save, on a real radiograph scaled to 2500x3000). After a
 #: 1/4-scale draft only a ~1.2x reduction is left: LANCZOS costs 3.4 ms of a ~20 ms image there, bicubic 2.3 ms.
 RESAMPLE = Image.Resampling.BICUBIC

@@ -1,6 +1,6 @@
 """MIMIC-CXR report sectioning that behaves like MIT-LCP's official `txt/section_parser.py`.
 
-The rules (llava-rad-facts.md §7.3): a header is an indented upper-case line ending in a colon; names are
+The rules (those of the official parser): a header is an indented upper-case line ending in a colon; names are
 normalised through a table of synonyms and misspellings, then substring rules, then a "looks like a study title"
 pattern; empty findings/impression sections are dropped; with neither left, the last section is split at its
 first blank line into a `last_paragraph`. `extract_sections` then picks what LLaVA-Rad needs from a report.

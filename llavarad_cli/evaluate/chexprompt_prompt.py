@@ -1,4 +1,4 @@
-"""CheXprompt's question and the parsing of its answer (llava-rad-facts.md §4).
+"""CheXprompt's question and the parsing of its answer (the paper's GPT-4 error-counting metric).
 
 The wording below is this project's own rendering of CheXprompt's structure: an expert-radiologist system
 instruction, the six error types (A-F) counted separately for clinically significant and insignificant errors,

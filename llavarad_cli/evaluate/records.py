@@ -75,5 +75,5 @@ def load_pairs(path: Path) -> Pairs:
 
 
 def is_empty(text: str) -> bool:
-    """Whitespace-only counts as empty (the reference's RadGraph wrapper did not; see reference-behaviour §7.16)."""
+    """Whitespace-only counts as empty (the reference's RadGraph wrapper did not, so a blank report got annotated)."""
     return not text.strip()

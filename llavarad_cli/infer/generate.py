@@ -13,7 +13,7 @@ from llavarad_cli.prompts import IMAGE_TOKEN, V1_SEP2, render_v1_inference, toke
 
 @dataclass
 class GenerationSettings:
-    """Greedy, 256 new tokens, by default: the paper's evaluation (llava-rad-facts.md §1.5)."""
+    """Greedy, 256 new tokens, by default: the paper's evaluation settings."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0

@@ -1,7 +1,8 @@
 """LlavaRadModel: vision tower -> projector -> a Hugging Face causal LM, with the ``<image>`` splice.
 
-Unlike the reference (reference-behaviour.md §1.4, §7.2) the splice strips each row's existing padding, puts the
-projected patch rows where the -200 sentinel was, then re-pads every row on the side asked for (right for
+The reference's splice keeps each row's text padding where it was and extends the mask on the left, which is
+only right for right-padded batches (a left-padded batch attends to pads). This splice strips each row's padding,
+puts the projected patch rows where the -200 sentinel was, then re-pads every row on the side asked for (right for
 training, left for generation) with a matching attention mask and position ids — so a left-padded batch
 generates exactly what each row would alone.
 """

@@ -1,4 +1,4 @@
-"""Loading the released ``microsoft/llava-rad`` layout, as the reference builder does (reference-behaviour.md §4).
+"""Loading the released ``microsoft/llava-rad`` layout, as the reference builder does.
 
 Files: ``config.json`` (``model_type: "llava"``, read as plain JSON: registering it with AutoConfig collides with
 transformers' own LLaVA), ``adapter_config.json`` + ``adapter_model.bin`` (LoRA, merged into the base),

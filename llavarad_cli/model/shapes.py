@@ -1,4 +1,4 @@
-"""Published shapes of the released LLaVA-Rad parts (llava-rad-facts.md §1.1, §5.1-5.2).
+"""Published shapes of the released LLaVA-Rad parts (the model card's BiomedCLIP-CXR 518 tower and Vicuna-7B v1.5).
 
 One place for them: dry-run memory estimates use them before anything is downloaded, and the GPU benchmarks
 build the full-size architecture from them with random weights.

@@ -3,7 +3,7 @@
 Only the vision side is built, from the JSON's ``vision_cfg``: no text tower, so no BiomedBERT download, no hub
 call and nothing written to /tmp (the reference builds the whole CLIP model and re-saves the checkpoint there).
 Features are the output of block ``select_layer`` (default -2, the penultimate block) with the CLS/prefix tokens
-dropped and no final norm, as LLaVA-Rad computes them (reference-behaviour.md §1.2).
+dropped and no final norm, as LLaVA-Rad computes them.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class VisionTower(nn.Module):
 def eval_transform(image_size: int):
     """open_clip's own eval transform with its defaults: shortest side to ``image_size`` (PIL bicubic), centre
     crop, RGB, to-tensor, OpenAI-CLIP mean/std. The released JSON has no ``preprocess_cfg``, so this is what the
-    released model saw (llava-rad-facts.md §1.3)."""
+    released model saw."""
     from open_clip.transform import image_transform
 
     return image_transform(image_size, is_train=False)

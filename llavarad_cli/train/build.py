@@ -1,6 +1,6 @@
 """Assemble the model a training stage needs from the spec: LM, tower, projector, LoRA, what trains.
 
-Order matters (reference-behaviour.md §3.2, §7.6): LoRA is attached to the LM alone, so it can never reach
+Order matters: LoRA is attached to the LM alone, so it can never reach
 the projector, the vision tower or ``lm_head``; the projector and LoRA initialisations are seeded (the
 reference's were not).
 """

@@ -3,7 +3,7 @@
 ``plain`` (stage 1): ``<image>`` + findings + ``\\n``; BOS and the image position are masked, the findings and
 the trailing newline are supervised; no EOS.
 ``v1`` (stage 2): the Vicuna prompt (system, ``USER: <image>\\n…``, `` ASSISTANT:``) is masked; the answer and
-``</s>`` are supervised (reference-behaviour.md §2.4–2.5).
+``</s>`` are supervised, as the reference's ``preprocess_plain`` / ``preprocess_v1`` mask them.
 
 Unlike the reference, a sample whose mask does not line up with its tokens is not silently zeroed: it comes
 back as a :class:`SampleProblem` that the data loader counts and reports.

@@ -37,7 +37,7 @@ def init_distributed(cpu: bool) -> None:
 
     if os.environ.get("LLAVARAD_DS_NO_SHM") == "1":
         # DeepSpeed 0.19's CPU backend JIT-compiles a shared-memory all-reduce op (~65 s) on first use; gloo
-        # works without it. A private hook, hence opt-in (cpu-dev-environment.md §4.4).
+        # works without it. A private hook, hence opt-in.
         import importlib
 
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
