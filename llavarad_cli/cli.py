@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from llavarad_cli.console import safe, visible
 
 from llavarad_cli import __version__
 from llavarad_cli.errors import UserError
@@ -37,7 +37,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(exc.one_line())}", soft_wrap=True, highlight=False)
+            err_console.print(f"[bold red]error:[/] {safe(exc.one_line())}", soft_wrap=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -82,9 +82,9 @@ def prepare(
                     openi_projections=openi_projections, openi_images=openi_images, split=split)
     console.print(summary_table(summary))
     files = ", ".join(summary["files"] + ["prepare-summary.json"])
-    console.print(f"wrote {escape(files)} to {escape(str(out))}", highlight=False)
+    console.print(f"wrote {safe(files)} to {safe(str(out))}", highlight=False)
     if summary["images"]["root"]:
-        console.print(f"image paths are relative to {escape(summary['images']['root'])}", highlight=False)
+        console.print(f"image paths are relative to {safe(summary['images']['root'])}", highlight=False)
 
 
 # --- training -------------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def _train_command(stage: str, spec: Optional[Path], overrides: List[str], dry_r
         show_plan(plan, console)
         return
     summary = launch(plan, console)
-    console.print(f"[green]{stage} finished[/]: {summary.get('steps')} steps; outputs in {run_spec.output.dir}",
+    console.print(f"[green]{stage} finished[/]: {summary.get('steps')} steps; outputs in {safe(run_spec.output.dir)}",
                   highlight=False)
 
 
@@ -283,21 +283,21 @@ def evaluate(
     console.print(console_table(result, f"{preds.name}: {result.n} reports"
                                 + (f", {bootstrap} bootstrap resamples" if bootstrap else "")))
     for name, reason in result.skipped.items():
-        console.print(f"[yellow]{escape(name)} skipped:[/] {escape(reason)}", soft_wrap=True, highlight=False)
+        console.print(f"[yellow]{safe(name)} skipped:[/] {safe(reason)}", soft_wrap=True, highlight=False)
     if result.extra.get("empty_predictions"):
         console.print(f"[yellow]{result.extra['empty_predictions']} empty prediction(s) scored as they are[/]")
     if result.extra.get("empty_references"):
         console.print(f"[yellow]{result.extra['empty_references']} empty reference(s) scored as they are[/]")
     if pairs.no_reference:
         console.print(f"[yellow]{len(pairs.no_reference)} record(s) with a null reference left out, e.g. id "
-                      f"{escape(repr(pairs.no_reference[0]))} (listed in metrics.json)[/]")
+                      f"{safe(repr(pairs.no_reference[0]))} (listed in metrics.json)[/]")
     if plot and not result.breakdowns:
         console.print("[yellow]--plot needs the chexbert metric; no plot written[/]")
     unusable = result.extra.get("chexprompt", {}).get("unusable_ratings", 0)
     if unusable:
         console.print(f"[yellow]CheXprompt: {unusable} of {result.n} report(s) got no usable rating and are left out "
                       "of its means; rerun the same command to ask again for those only (the rest is cached)[/]")
-    console.print(f"wrote {', '.join(p.name for p in written)} to {out}")
+    console.print(f"wrote {safe(', '.join(p.name for p in written))} to {safe(out)}", highlight=False)
 
 
 # --- doctor ---------------------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def doctor(
     table.add_column("item", style="bold")
     table.add_column("value")
     for key, value in collect(check_hub=not no_hub):
-        table.add_row(key, escape(value))
+        table.add_row(key, safe(value))
     console.print(table)
 
 

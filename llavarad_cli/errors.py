@@ -18,8 +18,12 @@ class UserError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        text = " ".join(self.message.split())
+        """Message and hint on one line, with control characters from input (file names, column names, ids)
+        shown as escapes; before splitting, since str.split() would take some of them for whitespace."""
+        from llavarad_cli.console import visible
+
+        text = " ".join(visible(self.message).split())
         if self.hint:
-            text += f" (hint: {' '.join(self.hint.split())})"
+            text += f" (hint: {' '.join(visible(self.hint).split())})"
         return text
 

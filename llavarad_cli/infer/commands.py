@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
-from rich.markup import escape
+from llavarad_cli.console import safe, visible
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.text import Text
@@ -47,10 +47,10 @@ class RateColumn(ProgressColumn):
 def _load(choice: ModelChoice, err: Console):
     from llavarad_cli.model.checkpoint import load_model
 
-    with err.status(f"loading {escape(choice.model)} …"):
+    with err.status(f"loading {safe(choice.model)} …"):
         model, tokenizer = load_model(choice.model, choice.model_base, device=choice.device, dtype=choice.dtype,
                                       attn_implementation=choice.attn, trust_pickle=choice.trust_pickle)
-    err.print(f"model: {escape(choice.model)} ({model.config.extra.get('layout')} layout) on {model.device}, "
+    err.print(f"model: {safe(choice.model)} ({model.config.extra.get('layout')} layout) on {model.device}, "
               f"{str(model.dtype).replace('torch.', '')}", highlight=False, soft_wrap=True)
     return model, tokenizer
 
@@ -72,7 +72,7 @@ def infer_single(image: Path, reason: Optional[str], choice: ModelChoice, settin
         out.print_json(json.dumps({"image": str(image), "reason": reason, "query": query,
                                    "prompt": predictor.prompt(query), "findings": findings, "model": choice.model}))
     else:
-        out.print(findings, markup=False, highlight=False, soft_wrap=True)
+        out.print(visible(findings), markup=False, highlight=False, soft_wrap=True)
 
 
 def infer_batch(query_file: Path, image_folder: Optional[Path], output: Optional[Path], choice: ModelChoice,
@@ -94,13 +94,13 @@ def infer_batch(query_file: Path, image_folder: Optional[Path], output: Optional
         notes.append("left out: " + ", ".join(f"{v} {k}" for k, v in sorted(query_set.skipped.items())))
     if query_set.renamed_duplicates:
         notes.append(f"{query_set.renamed_duplicates} repeated ids got the image name appended")
-    err.print(f"{escape(str(query_file))}: " + "; ".join(notes), highlight=False, soft_wrap=True)
+    err.print(f"{safe(str(query_file))}: " + "; ".join(notes), highlight=False, soft_wrap=True)
     done, _ = scan_predictions(output)
     if all(q.id in done for q in chunk):
         if not output.exists():  # an empty chunk (more chunks than records) still leaves its file for the merge
             output.parent.mkdir(parents=True, exist_ok=True)
             output.touch()
-        out.print(f"{label}all {len(chunk)} records already in {escape(str(output))}; nothing to do", highlight=False, soft_wrap=True)
+        out.print(f"{label}all {len(chunk)} records already in {safe(str(output))}; nothing to do", highlight=False, soft_wrap=True)
         return
 
     from llavarad_cli.infer.generate import Predictor
@@ -124,14 +124,14 @@ def _print_summary(summary, label: str, out: Console, err: Console) -> None:
         parts.append(f"{summary.reports_per_second:.2f} reports/s")
     if summary.resumed_torn_line:
         parts.append("a half-written last line was redone")
-    out.print(f"{label}{escape(str(summary.output))}: " + ", ".join(parts), highlight=False, soft_wrap=True)
+    out.print(f"{label}{safe(str(summary.output))}: " + ", ".join(parts), highlight=False, soft_wrap=True)
     if summary.skipped:
         total = sum(summary.skipped.values())
         kinds = ", ".join(f"{v} {k}" for k, v in sorted(summary.skipped.items()))
         err.print(f"[yellow]skipped {total} record(s) with image problems ({kinds}); rerun to retry them[/]",
                   highlight=False, soft_wrap=True)
         for example in summary.skipped_examples:
-            err.print(f"  {escape(example)}", highlight=False, soft_wrap=True)
+            err.print(f"  {safe(example)}", highlight=False, soft_wrap=True)
 
 
 def infer_multi_gpu(query_file: Path, image_folder: Optional[Path], output: Optional[Path], choice: ModelChoice,
@@ -153,7 +153,7 @@ def infer_multi_gpu(query_file: Path, image_folder: Optional[Path], output: Opti
             "--temperature", str(settings.temperature), "--num-beams", str(settings.num_beams)]
     if settings.top_p is not None:
         args += ["--top-p", str(settings.top_p)]
-    with err.status(f"{gpus} workers running (logs in {escape(str(output.parent / 'logs'))}) …"):
+    with err.status(f"{gpus} workers running (logs in {safe(str(output.parent / 'logs'))}) …"):
         parts = run_workers(args, output, gpus, output.parent / "logs")
     return report_merge(parts, output, [q.id for q in query_set.queries], allow_missing=True, out=out, err=err)
 
@@ -163,18 +163,18 @@ def report_merge(files, output: Path, query_ids, allow_missing: bool, out: Conso
 
     report = merge_chunks(files, output, query_ids)
     for line in report.bad_lines[:20]:
-        err.print(f"[red]bad line[/] {escape(line)}", highlight=False, soft_wrap=True)
+        err.print(f"[red]bad line[/] {safe(line)}", highlight=False, soft_wrap=True)
     if len(report.bad_lines) > 20:
         err.print(f"… and {len(report.bad_lines) - 20} more bad lines", highlight=False, soft_wrap=True)
     for conflict in report.conflicts[:20]:
-        err.print(f"[red]conflicting duplicate id[/] {escape(conflict)}", highlight=False, soft_wrap=True)
+        err.print(f"[red]conflicting duplicate id[/] {safe(conflict)}", highlight=False, soft_wrap=True)
     if report.unexpected:
         err.print(f"[red]{len(report.unexpected)} id(s) not in the query file[/], e.g. "
-                  f"{escape(', '.join(report.unexpected[:5]))}", highlight=False, soft_wrap=True)
+                  f"{safe(', '.join(report.unexpected[:5]))}", highlight=False, soft_wrap=True)
     if report.missing:
         colour = "yellow" if allow_missing else "red"
         err.print(f"[{colour}]{len(report.missing)} id(s) of the query file not predicted[/]: "
-                  f"{escape(', '.join(report.missing[:10]))}{' …' if len(report.missing) > 10 else ''}",
+                  f"{safe(', '.join(report.missing[:10]))}{' …' if len(report.missing) > 10 else ''}",
                   highlight=False, soft_wrap=True)
     if report.conflicts:
         err.print(f"[red]nothing written[/]: {len(report.conflicts)} id(s) predicted differently in two places",
@@ -182,6 +182,6 @@ def report_merge(files, output: Path, query_ids, allow_missing: bool, out: Conso
     else:
         extra = f", {report.identical_duplicates} identical duplicate(s) dropped" if report.identical_duplicates else ""
         of = f" of {report.query_total}" if report.query_total is not None else ""
-        out.print(f"merged {len(report.files)} file(s) -> {escape(str(output))}: {report.written}{of} "
+        out.print(f"merged {len(report.files)} file(s) -> {safe(str(output))}: {report.written}{of} "
                   f"predictions{extra}", highlight=False, soft_wrap=True)
     return report.exit_code(allow_missing)
