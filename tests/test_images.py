@@ -99,7 +99,7 @@ def test_missing_and_corrupt_images_are_reported_problems(tmp_path):
 def test_paths_escaping_the_image_folder_are_refused(tmp_path, bad):
     with pytest.raises(ImageProblem) as err:
         resolve_image_path(tmp_path / "images", bad)
-    assert err.value.kind == "unsafe_path"
+    assert err.value.kind == "image_outside_folder"
 
 
 def test_mimic_prefix_fallback_cannot_escape_the_folder(tmp_path):

@@ -94,7 +94,7 @@ def test_batch_writes_all_readable_records_and_counts_skips(ckpt, images, querie
     row = preds["r1"]
     assert set(row) == {"id", "query", "reference", "prediction"}
     assert row["query"].startswith("<image>\n") and row["reference"] == "The lungs are clear."
-    assert "skipped 2 record(s)" in result.output and "unsafe_path" in result.output
+    assert "skipped 2 record(s)" in result.output and "image_outside_folder" in result.output
 
     again = _run("--query-file", queries, "--image-folder", images, "--output", out, "--model", ckpt, *GEN)
     assert again.exit_code == 0 and "8 already done" in again.output

@@ -134,7 +134,7 @@ def test_physionet_records_filtered_and_reprompted_like_the_reference(tmp_path):
     assert qs.queries[0].query == ("<image>\nProvide a description of the findings in the radiology image given "
                                    "the following indication: eval for edema please")
     assert qs.queries[1].query == f"<image>\n{FINDINGS_PROMPT}"
-    assert dict(qs.skipped) == {"not_rule_based": 1, "not_frontal": 1, "no_findings": 1, "malformed_record": 1}
+    assert dict(qs.skipped) == {"not_rule_based": 1, "not_frontal": 1, "no_findings": 1, "bad_record": 1}
 
 
 def test_physionet_reason_used_exactly_as_the_reference_loader_does(tmp_path):

@@ -167,7 +167,7 @@ def test_in_process_run_counts_missing_images_and_resumes_after_a_lost_checkpoin
     first = Trainer(spec).run()
     out = tmp_path / "out"
     assert first["steps"] == 4 and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    assert first["skipped"]["missing-image"] == 4  # the broken record, read once per epoch
+    assert first["skipped"]["missing_image"] == 4  # the broken record, read once per epoch
     skipped = [json.loads(line) for line in (out / "logs" / "skipped-rank0.jsonl").read_text().splitlines()]
     assert {s["id"] for s in skipped} == {"broken"}
     final = {n: _tensors(out / n) for n in ("adapter_model.safetensors", "projector.safetensors")}

@@ -85,14 +85,14 @@ def test_v1_mask_mismatch_is_reported_not_zeroed():
             return out
 
     result = build_v1("<image>\nq", "answer", Merging())
-    assert isinstance(result, SampleProblem) and result.reason == "mask-mismatch"
+    assert isinstance(result, SampleProblem) and result.reason == "mask_mismatch"
 
 
 def test_bad_records_become_counted_problems(tiny_tokenizer):
     empty = build_sample(_record(None, findings="  "), "v1", tiny_tokenizer, 512)
-    assert isinstance(empty, SampleProblem) and empty.reason == "no-answer"
+    assert isinstance(empty, SampleProblem) and empty.reason == "no_answer"
     broken = build_sample({"id": "x", "image": "a.png"}, "plain", tiny_tokenizer, 512)
-    assert isinstance(broken, SampleProblem) and broken.reason == "bad-record"
+    assert isinstance(broken, SampleProblem) and broken.reason == "bad_record"
 
 
 def test_truncation_keeps_the_image_and_counts_image_rows(tiny_tokenizer):
@@ -127,12 +127,12 @@ def test_dataset_reads_real_images_and_counts_unusable_ones(tmp_path, tiny_token
     ds = _dataset(tmp_path, tiny_tokenizer, records)
     items = [ds[i] for i in range(len(ds))]
     ds.image_folder = tmp_path
-    assert ds[0]["skip"] == "missing-image"
+    assert ds[0]["skip"] == "missing_image"
     ds.records = [_record(None, image="broken.png")]
-    assert ds[0]["skip"] == "unreadable-image" and "broken.png" in ds[0]["detail"]
+    assert ds[0]["skip"] == "unreadable_image" and "broken.png" in ds[0]["detail"]
     batch = Collator(pad_id=0)(items)
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape == (2, 3, 56, 56)
-    assert {s["reason"] for s in batch["skipped"]} == {"missing-image", "image-outside-folder"}
+    assert {s["reason"] for s in batch["skipped"]} == {"missing_image", "image_outside_folder"}
     # Right padding; the mask marks real positions (pad id 0 is also <unk>, so `ids != 0` would be wrong).
     lengths = batch["attention_mask"].sum(1).tolist()
     assert lengths == [len(items[0]["input_ids"]), len(items[1]["input_ids"])]

@@ -12,11 +12,12 @@ from pathlib import Path, PurePosixPath
 
 from llavarad_cli.data.records import Candidate, SourceResult, Skips, clean_text, make_record
 from llavarad_cli.errors import UserError
+from llavarad_cli.skips import Skip
 from llavarad_cli.io_utils import read_json
 
 FRONTAL_VIEWS = ("PA", "AP")
-SKIP_REASONS = ("bad_row", "not_frontal", "no_findings", "not_rule_based", "duplicate", "missing_image",
-                "unreadable_image")
+SKIP_REASONS = (Skip.BAD_ROW, Skip.NOT_FRONTAL, Skip.NO_FINDINGS, Skip.NOT_RULE_BASED, Skip.DUPLICATE,
+                Skip.MISSING_IMAGE, Skip.UNREADABLE_IMAGE)
 
 # chat_train_MIMIC_CXR_all_gpt4extract_rulebased_v1.json, chat_dev_..., chat_test_...
 _SPLIT_IN_NAME = re.compile(r"(?:^|[_.-])(train|dev|valid|validate|validation|test)(?:[_.-]|$)", re.IGNORECASE)
@@ -83,19 +84,19 @@ def load_annotations(folder: Path, mimic_dir: Path | None = None) -> SourceResul
             where = f"{path.name}[{number}]"
             image = _image(item.get("image")) if isinstance(item, dict) else None
             if image is None:
-                skips.add("bad_row", where)
+                skips.add(Skip.BAD_ROW, where)
                 continue
             findings = _findings(item)
             if not isinstance(findings, str) or not findings.strip():
-                skips.add("no_findings", f"{where} {image}")
+                skips.add(Skip.NO_FINDINGS, f"{where} {image}")
                 continue
             view = item.get("view")
             if view not in FRONTAL_VIEWS:
-                skips.add("not_frontal", f"{where} {image} ({view})")
+                skips.add(Skip.NOT_FRONTAL, f"{where} {image} ({view})")
                 continue
             method = item.get("generate_method") if isinstance(item.get("generate_method"), str) else None
             if split == "test" and method != "rule-based":
-                skips.add("not_rule_based", f"{where} {image} ({method})")
+                skips.add(Skip.NOT_RULE_BASED, f"{where} {image} ({method})")
                 continue
             ids = _IDS_IN_PATH.search(image)
             subject_id, study_id, dicom_id = ids.groups() if ids else (None, None, PurePosixPath(image).stem)
@@ -104,7 +105,7 @@ def load_annotations(folder: Path, mimic_dir: Path | None = None) -> SourceResul
             base = f"{subject_id}_{study_id}_{dicom_id}" if ids else str(item.get("id") or dicom_id)
             record_id = base if method == "rule-based" else f"{base}_{method or 'unknown'}"
             if record_id in seen:
-                skips.add("duplicate", f"{where} {record_id}")
+                skips.add(Skip.DUPLICATE, f"{where} {record_id}")
                 continue
             seen.add(record_id)
             labels = item.get("chexpert_labels")

@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.skips import Skip
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 #: What a broken image raises while decoding; these become counted skips, never a crash of a whole run.
@@ -23,7 +24,7 @@ class ImageProblem(Exception):
 
     def __init__(self, kind: str, detail: str):
         super().__init__(detail)
-        self.kind = kind  # "missing_image", "unsafe_path" or "unreadable_image"
+        self.kind = kind  # Skip.MISSING_IMAGE, IMAGE_OUTSIDE_FOLDER or UNREADABLE_IMAGE
         self.detail = detail
 
 
@@ -35,11 +36,11 @@ def resolve_image_path(root: Path, relative: str) -> Path:
     path does not exist as written (``--image-folder`` then points at MIMIC-CXR-JPG's ``files/``).
     """
     if not isinstance(relative, str) or not relative.strip():
-        raise ImageProblem("missing_image", "record has no image path")
+        raise ImageProblem(Skip.MISSING_IMAGE, "record has no image path")
     root_norm = os.path.normpath(os.path.abspath(os.path.expanduser(str(root))))
     candidate = os.path.normpath(os.path.join(root_norm, os.path.expanduser(relative.strip())))
     if candidate != root_norm and not candidate.startswith(root_norm + os.sep):
-        raise ImageProblem("unsafe_path", f"image path {relative!r} escapes the image folder {root_norm}")
+        raise ImageProblem(Skip.IMAGE_OUTSIDE_FOLDER, f"image path {relative!r} escapes the image folder {root_norm}")
     path = Path(candidate)
     if not path.exists() and relative.startswith("mimic/"):
         stripped = os.path.normpath(os.path.join(root_norm, os.path.expanduser(relative.strip()[len("mimic/"):])))
@@ -109,7 +110,7 @@ def load_image(path: Path) -> Image.Image:
     """The image as RGB, fully decoded. Raises ``ImageProblem`` for a missing or unreadable file."""
     path = Path(path)
     if not path.is_file():
-        raise ImageProblem("missing_image", f"image not found: {path}")
+        raise ImageProblem(Skip.MISSING_IMAGE, f"image not found: {path}")
     try:
         if is_dicom(path):
             return read_dicom(path).convert("RGB")
@@ -132,7 +133,7 @@ def load_image(path: Path) -> Image.Image:
         raise
     except (*IMAGE_ERRORS, AttributeError, KeyError, TypeError) as exc:
         # pydicom reports a file without pixel data or an unknown transfer syntax with these too.
-        raise ImageProblem("unreadable_image", f"cannot read image {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise ImageProblem(Skip.UNREADABLE_IMAGE, f"cannot read image {path}: {str(exc).splitlines()[0][:200]}") from None
 
 
 def load_image_or_fail(path: Path) -> Image.Image:

@@ -14,6 +14,7 @@ from llavarad_cli.data.reports import ReportStore, UnreadableReport, default_rep
 from llavarad_cli.data.sections import ReportSections, extract_sections
 from llavarad_cli.data.tables import find_table, read_rows
 from llavarad_cli.errors import UserError
+from llavarad_cli.skips import Skip
 
 FRONTAL_VIEWS = ("PA", "AP")
 SPLIT_NAMES = {"train": "train", "validate": "dev", "test": "test"}
@@ -22,8 +23,8 @@ CHEXPERT_LABELS = (
     "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
     "Pneumothorax", "Support Devices",
 )
-SKIP_REASONS = ("no_split", "not_frontal", "no_report", "unreadable_report", "empty_report", "no_findings",
-                "missing_image", "unreadable_image", "bad_row")
+SKIP_REASONS = (Skip.NO_SPLIT, Skip.NOT_FRONTAL, Skip.NO_REPORT, Skip.UNREADABLE_REPORT, Skip.EMPTY_REPORT,
+                Skip.NO_FINDINGS, Skip.MISSING_IMAGE, Skip.UNREADABLE_IMAGE, Skip.BAD_ROW)
 
 # Ids become path parts, so they must not be able to climb out of files/.
 _NUMERIC = re.compile(r"^\d+$")
@@ -58,17 +59,17 @@ def _study_text(store: ReportStore, subject_id: str, study_id: str) -> ReportSec
     try:
         raw = store.read(subject_id, study_id)
     except UnreadableReport:
-        return "unreadable_report"
+        return Skip.UNREADABLE_REPORT
     if raw is None:
-        return "no_report"
+        return Skip.NO_REPORT
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return "unreadable_report"
+        return Skip.UNREADABLE_REPORT
     if not text.strip():
-        return "empty_report"
+        return Skip.EMPTY_REPORT
     sections = extract_sections(text)
-    return sections if sections.findings else "no_findings"
+    return sections if sections.findings else Skip.NO_FINDINGS
 
 
 def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
@@ -94,20 +95,20 @@ def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
             subject_id, study_id = _id(row["subject_id"], "p"), _id(row["study_id"], "s")
             dicom_id = row["dicom_id"].strip()
             if not (_NUMERIC.match(subject_id) and _NUMERIC.match(study_id) and _DICOM.match(dicom_id)):
-                skips.add("bad_row", f"{metadata_path.name} line {line}")
+                skips.add(Skip.BAD_ROW, f"{metadata_path.name} line {line}")
                 continue
             rel = image_path(subject_id, study_id, dicom_id)
             if dicom_id in seen:
-                skips.add("duplicate", f"{rel} ({metadata_path.name} line {line})")
+                skips.add(Skip.DUPLICATE, f"{rel} ({metadata_path.name} line {line})")
                 continue
             seen.add(dicom_id)
             split = SPLIT_NAMES.get(splits.get(dicom_id, ""))
             if split is None:
-                skips.add("no_split", rel)
+                skips.add(Skip.NO_SPLIT, rel)
                 continue
             view = row["ViewPosition"].strip().upper()
             if view not in FRONTAL_VIEWS:
-                skips.add("not_frontal", f"{rel} ({view or 'no view'})")
+                skips.add(Skip.NOT_FRONTAL, f"{rel} ({view or 'no view'})")
                 continue
             if study_id not in studies:
                 studies[study_id] = _study_text(store, subject_id, study_id)

@@ -13,9 +13,11 @@ from llavarad_cli.data.records import Candidate, SourceResult, Skips, clean_text
 from llavarad_cli.data.sections import collapse_whitespace
 from llavarad_cli.data.tables import read_rows
 from llavarad_cli.errors import UserError
+from llavarad_cli.skips import Skip
 
 SPLITS = ("train", "dev", "test")
-SKIP_REASONS = ("not_frontal", "no_report", "no_findings", "missing_image", "unreadable_image", "bad_row")
+SKIP_REASONS = (Skip.NOT_FRONTAL, Skip.NO_REPORT, Skip.NO_FINDINGS, Skip.MISSING_IMAGE, Skip.UNREADABLE_IMAGE,
+                Skip.BAD_ROW)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
 _KAGGLE_NAME = re.compile(r"^(\d+)_(.+?)(?:\.dcm)?\.(png|jpg|jpeg)$", re.IGNORECASE)
@@ -65,26 +67,26 @@ def load_openi(reports_csv: Path, projections_csv: Path, images: Path | None = N
         uid, filename = row["uid"].strip(), row["filename"].strip()
         stem = openi_stem(filename)
         if not uid or stem is None:
-            skips.add("bad_row", f"{Path(projections_csv).name} line {line}")
+            skips.add(Skip.BAD_ROW, f"{Path(projections_csv).name} line {line}")
             continue
         projection = row["projection"].strip()
         if projection.lower() != "frontal":
-            skips.add("not_frontal", f"{filename} ({projection or 'no view'})")
+            skips.add(Skip.NOT_FRONTAL, f"{filename} ({projection or 'no view'})")
             continue
         report = reports.get(uid)
         if report is None:
-            skips.add("no_report", f"uid {uid}")
+            skips.add(Skip.NO_REPORT, f"uid {uid}")
             continue
         findings = _section(report["findings"])
         if findings is None:
-            skips.add("no_findings", f"uid {uid}")
+            skips.add(Skip.NO_FINDINGS, f"uid {uid}")
             continue
         if index is None:
             image, source = f"{stem}.png", None
         elif stem in index:
             image, source = index[stem], Path(images) / index[stem]
         else:
-            skips.add("missing_image", f"{stem}.png / {filename}")
+            skips.add(Skip.MISSING_IMAGE, f"{stem}.png / {filename}")
             continue
         record = make_record(
             id=stem, subject_id=None, study_id=uid, dicom_id=stem, image=image, view="Frontal", split=split,

@@ -12,25 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llavarad_cli import prompts
+from llavarad_cli import prompts, skips
 
 #: Output file per split; MIMIC's `validate` split is written as dev.json, as in LLaVA-Rad's scripts.
 SPLIT_FILES = {"train": "train.json", "dev": "dev.json", "test": "test.json"}
-
-#: Every reason an input item can be skipped, with the words the summary table uses.
-SKIP_REASONS = {
-    "no_split": "no split entry",
-    "not_frontal": "lateral or unknown view",
-    "no_report": "no report",
-    "unreadable_report": "unreadable report",
-    "empty_report": "empty report",
-    "no_findings": "no findings",
-    "missing_image": "image missing on disk",
-    "unreadable_image": "unreadable image",
-    "not_rule_based": "test record not rule-based",
-    "bad_row": "malformed input row",
-    "duplicate": "duplicate record",
-}
 
 #: How many examples of each skip reason the summary names.
 EXAMPLES_PER_REASON = 5
@@ -44,8 +29,7 @@ class Skips:
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, reason: str, example: str) -> None:
-        if reason not in SKIP_REASONS:
-            raise ValueError(f"unknown skip reason {reason!r}")
+        skips.label(reason)  # a name outside the vocabulary is a bug: ValueError
         self.counts[reason] += 1
         seen = self.examples.setdefault(reason, [])
         if len(seen) < EXAMPLES_PER_REASON and example not in seen:
@@ -58,7 +42,7 @@ class Skips:
         """Every reason that applies to the source, zero counts included, so a clean run says so."""
         keys = list(reasons) + [r for r in self.counts if r not in reasons]
         return {
-            key: {"label": SKIP_REASONS[key], "count": self.counts.get(key, 0), "examples": self.examples.get(key, [])}
+            key: {"label": skips.label(key), "count": self.counts.get(key, 0), "examples": self.examples.get(key, [])}
             for key in keys
         }
 

@@ -15,6 +15,7 @@ from typing import Any
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import read_json
 from llavarad_cli.prompts import normalise_query, user_turn
+from llavarad_cli.skips import Skip
 
 
 @dataclass(frozen=True)
@@ -63,19 +64,19 @@ def read_queries(path: Path) -> QuerySet:
     skipped: Counter = Counter()
     for item in data:
         if not isinstance(item, dict) or item.get("id") in (None, "") or not isinstance(item.get("image"), str):
-            skipped["malformed_record"] += 1
+            skipped[Skip.BAD_RECORD] += 1
             continue
         reference = _turn(item, "gpt")
         if physionet:
             # mimic_test_findings: rule-based findings of frontal views only, prompt rebuilt from the reason.
             if item.get("generate_method") != "rule-based":
-                skipped["not_rule_based"] += 1
+                skipped[Skip.NOT_RULE_BASED] += 1
                 continue
             if item.get("view") not in ("AP", "PA"):
-                skipped["not_frontal"] += 1
+                skipped[Skip.NOT_FRONTAL] += 1
                 continue
             if not isinstance(reference, str):
-                skipped["no_findings"] += 1
+                skipped[Skip.NO_FINDINGS] += 1
                 continue
             query = physionet_query(item.get("reason"))
         else:

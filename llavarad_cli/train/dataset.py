@@ -64,11 +64,6 @@ def load_records(path: Path) -> PackedRecords:
     return PackedRecords(records)
 
 
-#: prepare/infer's image problems -> this module's skip reasons.
-IMAGE_SKIPS = {"missing_image": "missing-image", "unsafe_path": "image-outside-folder",
-               "unreadable_image": "unreadable-image"}
-
-
 class TrainingRecords:
     """Map-style dataset: item i -> dict(input_ids, labels, pixel_values) or dict(skip=reason, id=...)."""
 
@@ -94,7 +89,7 @@ class TrainingRecords:
             # The same reader as prepare and infer: JPEG/PNG (8/16-bit) and DICOM, paths kept inside the folder.
             image = load_image(resolve_image_path(self.image_folder, record["image"]))
         except ImageProblem as problem:
-            return {"skip": IMAGE_SKIPS[problem.kind], "detail": problem.detail, "id": rid}
+            return {"skip": problem.kind, "detail": problem.detail, "id": rid}
         return {"input_ids": sample.input_ids, "labels": sample.labels, "pixel_values": self.image_transform(image),
                 "truncated": sample.truncated, "id": rid}
 

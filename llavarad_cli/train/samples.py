@@ -26,6 +26,7 @@ from llavarad_cli.prompts import (
     render_v1_training,
     tokenizer_image_token,
 )
+from llavarad_cli.skips import Skip
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Sample:
 class SampleProblem:
     """Why a record could not become a training sample (counted and reported, never trained on)."""
 
-    reason: str       # short key: "mask-mismatch", "no-answer", "no-image-token", "truncated-away", ...
+    reason: str       # a training name of llavarad_cli.skips
     detail: str = ""
 
 
@@ -60,7 +61,7 @@ def build_plain(answer: str, tokenizer) -> Sample | SampleProblem:
     # Positions masked by the reference: len(tokenizer_image_token("<image>")) = BOS + image.
     prefix = tokenizer_image_token(IMAGE_TOKEN, tokenizer)
     if ids[: len(prefix)] != prefix or len(ids) <= len(prefix):
-        return SampleProblem("mask-mismatch", "plain sample does not start with the image prefix")
+        return SampleProblem(Skip.MASK_MISMATCH, "plain sample does not start with the image prefix")
     labels = [IGNORE_INDEX] * len(prefix) + ids[len(prefix):]
     return Sample(ids, labels)
 
@@ -74,11 +75,11 @@ def build_v1(query: str, answer: str, tokenizer) -> Sample | SampleProblem:
     ids = tokenizer_image_token(render_v1_training(query, answer), tokenizer)
     prompt = tokenizer_image_token(render_v1_inference(query), tokenizer)
     if ids[: len(prompt)] != prompt:
-        return SampleProblem("mask-mismatch", "answer tokens merge with the prompt's last token")
+        return SampleProblem(Skip.MASK_MISMATCH, "answer tokens merge with the prompt's last token")
     if tokenizer.eos_token_id is not None and ids[-1] != tokenizer.eos_token_id:
-        return SampleProblem("mask-mismatch", "`</s>` is not tokenised as the EOS token")
+        return SampleProblem(Skip.MASK_MISMATCH, "`</s>` is not tokenised as the EOS token")
     if len(ids) <= len(prompt) + 1:
-        return SampleProblem("no-answer", "empty findings")
+        return SampleProblem(Skip.NO_ANSWER, "empty findings")
     return Sample(ids, [IGNORE_INDEX] * len(prompt) + ids[len(prompt):])
 
 
@@ -114,9 +115,9 @@ def truncate(sample: Sample, max_text_tokens: int) -> Sample | SampleProblem:
         return sample
     ids, labels = sample.input_ids[:max_text_tokens], sample.labels[:max_text_tokens]
     if IMAGE_TOKEN_INDEX not in ids:
-        return SampleProblem("truncated-away", "the image token falls beyond model_max_length")
+        return SampleProblem(Skip.TRUNCATED_AWAY, "the image token falls beyond model_max_length")
     if all(label == IGNORE_INDEX for label in labels):
-        return SampleProblem("truncated-away", "no supervised token left within model_max_length")
+        return SampleProblem(Skip.TRUNCATED_AWAY, "no supervised token left within model_max_length")
     return Sample(ids, labels, truncated=True)
 
 
@@ -125,12 +126,12 @@ def build_sample(record: dict, template: str, tokenizer, max_text_tokens: int) -
     try:
         human, answer = record_turns(record)
     except ValueError as exc:
-        return SampleProblem("bad-record", str(exc))
+        return SampleProblem(Skip.BAD_RECORD, str(exc))
     if not answer.strip():
-        return SampleProblem("no-answer", "empty findings")
+        return SampleProblem(Skip.NO_ANSWER, "empty findings")
     if template == "plain":
         if IMAGE_TOKEN not in human:
-            return SampleProblem("no-image-token", "the human turn has no <image>")
+            return SampleProblem(Skip.NO_IMAGE_TOKEN, "the human turn has no <image>")
         built = build_plain(answer, tokenizer)
     elif template == "v1":
         built = build_v1(normalise_query(human), answer, tokenizer)

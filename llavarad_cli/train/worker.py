@@ -18,13 +18,13 @@ import time
 import traceback
 from pathlib import Path
 
+from llavarad_cli import skips
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
 
 #: Test hook: ``RANK:STEP`` makes that rank SIGKILL itself right after finishing optimizer step STEP.
 KILL_ENV = "LLAVARAD_DEBUG_KILL_AFTER_STEP"
-SKIP_REASONS = ("missing-image", "unreadable-image", "image-outside-folder", "mask-mismatch", "no-answer", "no-image-token",
-                "truncated-away", "bad-record")
+SKIP_REASONS = skips.TRAINING
 
 
 def _rank() -> int:
@@ -112,7 +112,7 @@ class Trainer:
             if changed:
                 self.say(f"[yellow]warning:[/] the spec changed since {latest.name}: {', '.join(changed)}")
         self.counts = torch.zeros(len(SKIP_REASONS) + 1, dtype=torch.float64)
-        for i, reason in enumerate(SKIP_REASONS + ("truncated",)):
+        for i, reason in enumerate(SKIP_REASONS + (skips.Skip.TRUNCATED,)):
             self.counts[i] = float(base_counts.get(reason, 0))
 
         self.loop(dataset, plan, start, total, pad_token_id(tokenizer))
@@ -211,7 +211,7 @@ class Trainer:
         if not self.cpu:
             counts = counts.to(self.engine.device)
         dist.all_reduce(counts)
-        return {reason: int(v) for reason, v in zip(SKIP_REASONS + ("truncated",), counts.tolist())}
+        return {reason: int(v) for reason, v in zip(SKIP_REASONS + (skips.Skip.TRUNCATED,), counts.tolist())}
 
     def save(self, step: int, plan) -> None:
         import torch.distributed as dist
