@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the offline stand-ins for the scorer files live with the tests (they are not part of the package)
+sys.path.insert(0, str(ROOT / "tests"))
 
 
 def openi_pairs(n: int) -> tuple[list[str], list[str]]:
@@ -69,7 +72,9 @@ def bench_chexbert(texts, batch_size: int) -> list[tuple[str, float, float]]:
     import torch
     from transformers import BertConfig
 
-    from llavarad_cli.evaluate import chexbert, fixtures
+    import chexbert_fixtures as fixtures
+
+    from llavarad_cli.evaluate import chexbert
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = fixtures.wordpiece_tokenizer(texts, Path(tmp) / "tok", vocab_size=30522)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+import chexbert_fixtures as fixtures
 from llavarad_cli.errors import UserError
-from llavarad_cli.evaluate import chexbert, fixtures
+from llavarad_cli.evaluate import chexbert
 
 TEXTS = ["No pleural effusion. Normal heart size.", "Mild cardiomegaly with pulmonary edema.",
          "Left basal atelectasis and a small left pleural effusion.", "", "Endotracheal tube in place. " * 150,

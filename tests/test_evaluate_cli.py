@@ -99,7 +99,7 @@ def test_empty_predictions_score_zero_and_are_counted(tmp_path):
 
 
 def test_tiny_chexbert_end_to_end_with_breakdowns_and_plot(tmp_path, preds):
-    from llavarad_cli.evaluate import fixtures
+    import chexbert_fixtures as fixtures
 
     path, v = preds
     fixtures.wordpiece_tokenizer(v["hyps"] + v["refs"], tmp_path / "tok", vocab_size=400)
@@ -157,7 +157,7 @@ def test_chexprompt_against_local_server(tmp_path, preds):
 
 
 def test_model_metric_skips_name_the_missing_file(tmp_path, preds):
-    from llavarad_cli.evaluate import fixtures
+    import chexbert_fixtures as fixtures
 
     path, _ = preds
     res = runner.invoke(app, ["evaluate", str(path), "--metrics", "bleu,chexbert,radgraph", "--bootstrap", "0",
@@ -190,7 +190,7 @@ def test_bad_out_and_option_files_fail_before_scoring(tmp_path, preds, monkeypat
 
 
 def test_rerun_into_the_same_folder_leaves_no_stale_breakdown(tmp_path, preds):
-    from llavarad_cli.evaluate import fixtures
+    import chexbert_fixtures as fixtures
 
     path, v = preds
     fixtures.wordpiece_tokenizer(v["hyps"] + v["refs"], tmp_path / "tok", vocab_size=200)
@@ -244,7 +244,7 @@ def test_null_references_are_left_out_and_counted_not_scored_as_empty(tmp_path):
 
 
 def test_a_mistyped_device_is_one_clear_line_before_scoring(tmp_path, preds):
-    from llavarad_cli.evaluate import fixtures
+    import chexbert_fixtures as fixtures
 
     path, v = preds
     fixtures.wordpiece_tokenizer(v["hyps"] + v["refs"], tmp_path / "tok", vocab_size=200)

@@ -7,7 +7,9 @@ import pytest
 from sacrebleu.metrics import BLEU
 
 from llavarad_cli.evaluate import lexical
-from llavarad_cli.evaluate.bootstrap import percentile_interval, resample_counts, resampled_means
+from llavarad_cli.evaluate.bootstrap import percentile_interval, resample_counts
+from llavarad_cli.evaluate.records import Pair
+from llavarad_cli.evaluate.runner import EvalOptions, evaluate_pairs
 
 VECTORS = json.loads((__import__("pathlib").Path(__file__).parent / "data/metric-vectors/computed_lexical_vectors.json").read_text())
 SETS = [k for k in VECTORS if not k.startswith("_")]
@@ -52,15 +54,19 @@ def test_resample_counts_are_seeded_multisets_of_size_n():
     assert not (a == resample_counts(50, 30, seed=4)).all()
 
 
-def test_resampled_means_and_percentile_interval():
-    values = np.arange(10, dtype=float)
-    counts = resample_counts(10, 200, seed=0)
-    means = resampled_means(counts, values)
-    idx0 = np.repeat(np.arange(10), counts[0].astype(int))
-    assert means[0] == pytest.approx(values[idx0].mean())
-    ci = percentile_interval(means)
-    assert ci.low < values.mean() < ci.high
-    assert ci.low == pytest.approx(np.percentile(means, 2.5))
+def test_mean_metric_interval_is_the_percentile_of_re_drawn_report_means():
+    """A per-report metric's interval (ROUGE-L here) equals drawing the reports again and averaging them."""
+    v = VECTORS["F_iu_shared_real_findings_pairs"]
+    pairs = [Pair(str(i), h, r) for i, (h, r) in enumerate(zip(v["hyps"], v["refs"]))]
+    result = evaluate_pairs(pairs, EvalOptions(metrics=("rouge",), bootstrap=200, seed=5))
+    score = next(s for s in result.scores if s.name == "ROUGE-L")
+    values = lexical.rouge_f(v["hyps"], v["refs"])
+    counts = resample_counts(len(pairs), 200, seed=5)
+    means = [values[np.repeat(np.arange(len(pairs)), c.astype(int))].mean() for c in counts]
+    assert score.value == pytest.approx(values.mean(), abs=1e-15)
+    assert (score.ci.low, score.ci.high) == pytest.approx((np.percentile(means, 2.5), np.percentile(means, 97.5)),
+                                                          abs=1e-12)
+    assert percentile_interval(means).low == pytest.approx(np.percentile(means, 2.5))
 
 
 def test_empty_prediction_scores_zero():

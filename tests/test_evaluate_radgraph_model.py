@@ -12,7 +12,7 @@ pytest.importorskip("radgraph.dygie.models.dygie", reason="needs the radgraph pa
 from llavarad_cli.cli import app  # noqa: E402
 from llavarad_cli.evaluate import radgraph  # noqa: E402
 from llavarad_cli.evaluate.assets import MetricSkipped, radgraph_archive  # noqa: E402
-from llavarad_cli.evaluate.radgraph_fixtures import PUBMEDBERT, tiny_radgraph  # noqa: E402
+from radgraph_fixtures import PUBMEDBERT, tiny_radgraph  # noqa: E402
 from llavarad_cli.evaluate.radgraph_model import RadGraphAnnotator, find_files, resolve_bert, unpack  # noqa: E402
 from llavarad_cli.evaluate.radgraph_reward import reward  # noqa: E402
 

@@ -46,8 +46,3 @@ def percentile_interval(samples: np.ndarray) -> Interval:
     low, high = np.percentile(np.asarray(samples, dtype=np.float64), [100 * alpha, 100 * (1 - alpha)])
     return Interval(float(low), float(high))
 
-
-def resampled_means(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Mean of per-report values in each resample."""
-    values = np.asarray(values, dtype=np.float64)
-    return counts @ values / counts.sum(axis=1)

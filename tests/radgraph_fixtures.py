@@ -1,4 +1,4 @@
-"""An offline stand-in for radgraph.tar.gz, for tests and benchmarks: the same layout and config structure (allennlp
+"""An offline stand-in for radgraph.tar.gz, for the tests and benchmarks/bench_evaluate.py: the same layout and config structure (allennlp
 config.json naming PubMedBERT, weights.th, vocabulary/ with RadGraph's label namespaces), a tiny random BERT, and
 the BERT's config + tokenizer files in a folder named as the real ones are. Nothing touches the hub."""
 

@@ -1,4 +1,4 @@
-"""Offline stand-ins for the CheXbert files, for tests and benchmarks: a WordPiece tokenizer trained here and a
+"""Offline stand-ins for the CheXbert files, for the tests and benchmarks/bench_evaluate.py: a WordPiece tokenizer trained here and a
 randomly initialised labeler saved in chexbert.pth's layout. Nothing touches the hub."""
 
 from __future__ import annotations
