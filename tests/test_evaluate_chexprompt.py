@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.evaluate import chexprompt
 from llavarad_cli.evaluate.chexprompt import ChexpromptConfig, error_counts, rate_pairs
 from llavarad_cli.evaluate.chexprompt_prompt import ERROR_TYPES, Prompt, parse_rating
 
@@ -137,23 +138,52 @@ def test_wrong_key_is_a_user_error_and_keeps_earlier_ratings(server, tmp_path):
     with pytest.raises(UserError, match="HTTP 401"):
         rate_pairs(["a"] + [f"r{i}" for i in range(20)], ["b"] + [f"c{i}" for i in range(20)],
                    _cfg(server, tmp_path, workers=1))
-    assert len(server.requests) - before <= 2  # the queued requests were dropped, not each sent
+    assert len(server.requests) - before == 1  # the queued requests were dropped, not each sent
     server.default = (200, GOOD, {})
     _, stats = rate_pairs(["a", "r0"], ["b", "c0"], _cfg(server, tmp_path))
     assert stats["cached"] == 1 and stats["requested"] == 1
 
 
-def test_rate_limit_spaces_requests(server, tmp_path):
-    import time
+class FakeClock:
+    """Virtual time that moves only when someone sleeps; every wait is recorded as the time it ends at."""
 
-    start = time.monotonic()
+    def __init__(self):
+        self.now, self.wakes, self.lock = 0.0, [], threading.Lock()
+
+    def monotonic(self):
+        with self.lock:
+            return self.now
+
+    def sleep(self, seconds):
+        with self.lock:
+            wake = self.now + seconds
+            self.wakes.append(wake)
+            self.now = max(self.now, wake)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(chexprompt, "CLOCK", fake)
+    return fake
+
+
+def test_rate_limit_spaces_request_starts_across_threads(server, tmp_path, clock):
     rate_pairs(["a", "b", "c"], ["x", "y", "z"], _cfg(server, tmp_path, requests_per_minute=600, workers=3))
-    assert time.monotonic() - start >= 0.2  # 3 starts, 0.1 s apart
+    assert len(server.requests) == 3
+    # the first start is free, the next two wait for their 0.1 s slots, whichever thread gets which
+    assert sorted(clock.wakes) == pytest.approx([0.1, 0.2])
 
 
-def test_unreachable_endpoint_stops_with_one_line_instead_of_retrying_every_pair(tmp_path):
+def test_backoff_waits_grow_and_are_capped(server, tmp_path, clock):
+    server.script = [(503, None, {}), (503, None, {}), (503, None, {}), (200, GOOD, {})]
+    ratings, _ = rate_pairs(["a"], ["b"], _cfg(server, tmp_path, workers=1, backoff_s=0.01, max_backoff_s=0.03))
+    assert ratings[0] is not None
+    assert clock.wakes == pytest.approx([0.01, 0.03, 0.06])  # waits 0.01, 0.02, then 0.04 capped at 0.03
+
+
+def test_unreachable_endpoint_stops_with_one_line_instead_of_retrying_every_pair(tmp_path, clock):
     import socket
-    import time
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -161,11 +191,10 @@ def test_unreachable_endpoint_stops_with_one_line_instead_of_retrying_every_pair
     sock.close()  # nothing listens here now: connection refused
     cfg = ChexpromptConfig(base_url=f"http://127.0.0.1:{port}/v1", model="judge", requests_per_minute=0, workers=1,
                            max_retries=2, backoff_s=0.01, max_backoff_s=0.02, timeout_s=5, cache_dir=tmp_path / "c")
-    start = time.monotonic()
     with pytest.raises(UserError, match="cannot be reached") as err:
         rate_pairs([f"r{i}" for i in range(50)], [f"c{i}" for i in range(50)], cfg)
     assert "3 tries" in err.value.message and "rerunning asks only for the rest" in err.value.hint
-    assert time.monotonic() - start < 5  # the first pair's tries, not fifty pairs' worth
+    assert clock.wakes == pytest.approx([0.01, 0.03])  # the first pair's two backoffs, not fifty pairs' worth
 
 
 def test_hosted_endpoint_without_key_fails_before_asking_but_a_cached_rerun_needs_none(server, tmp_path, monkeypatch):
@@ -189,3 +218,114 @@ def test_a_line_torn_by_a_kill_does_not_swallow_the_next_cached_rating(tmp_path)
         fh.write('{"key": "k2", "rati')  # the process was killed mid-write
     RatingCache(tmp_path).put("k3", rating, GOOD)
     assert set(RatingCache(tmp_path).entries) == {"k1", "k3"}
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that reads one request and answers with scripted raw bytes, then closes: for
+    answers no HTTP library would send (bad status line, a body shorter than its Content-Length)."""
+
+    def __init__(self, answer: bytes):
+        import socket
+
+        self.answer, self.count = answer, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)  # accept polls, so that close() ends the thread at once
+        self.closed = False
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        import socket
+
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                if b"\r\n\r\n" not in data:
+                    continue
+                head, body = data.split(b"\r\n\r\n", 1)
+                length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.count += 1
+                conn.sendall(self.answer)
+
+    def close(self):
+        self.closed = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def _http(body: bytes, status: bytes = b"HTTP/1.1 200 OK", length: int | None = None) -> bytes:
+    n = len(body) if length is None else length
+    return status + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(n).encode() + b"\r\n\r\n" + body
+
+
+def _completion(content) -> bytes:
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+
+
+@pytest.mark.parametrize("answer", [
+    _http(b"\xff\xfe not utf-8 \x80"),                     # a body that is not UTF-8
+    _http(_completion(GOOD).replace(b"Number", b"N\xe9mber")),  # Latin-1 inside otherwise good JSON
+    _http(_completion(["a", "list"])),                      # content not a string
+    _http(_completion({"text": GOOD})),
+    _http(_completion(3)),
+    _http(b'{"choices": "none"}'),
+    _http(b"[" * 100_000 + b"]" * 100_000),                 # nested past the JSON parser's recursion limit
+], ids=["not-utf8", "latin1", "list-content", "dict-content", "int-content", "choices-string", "deep-json"])
+def test_garbled_answers_are_counted_unusable_ratings_after_retries(answer, tmp_path, clock):
+    srv = RawServer(answer)
+    try:
+        cfg = ChexpromptConfig(base_url=srv.url, model="judge", requests_per_minute=0, workers=1, max_retries=1,
+                               backoff_s=0.01, timeout_s=10, cache_dir=tmp_path / "c")
+        ratings, stats = rate_pairs(["a", "b"], ["x", "y"], cfg)
+    finally:
+        srv.close()
+    assert ratings == [None, None] and stats["failed"] == 2 and stats["requested"] == 2
+    assert srv.count == 2 * 2 * 2  # per pair: two tries each (max_retries=1), once more as the answer did not parse
+
+
+@pytest.mark.parametrize("answer, problem", [
+    (b"HTTP/1.1 two hundred OK\r\n\r\n", "BadStatusLine"),
+    (b"\x1b[2J garbage\r\n\r\n", "BadStatusLine"),
+    # the connection closes before the body reaches its Content-Length: cut inside the JSON, or after it
+    (_http(_completion(GOOD)[:60], length=len(_completion(GOOD))), "IncompleteRead"),
+    (_http(_completion(GOOD), length=5000), "IncompleteRead"),
+], ids=["bad-status", "escape-status", "truncated", "short-of-length"])
+def test_a_broken_http_endpoint_stops_with_one_line(answer, problem, tmp_path, clock):
+    srv = RawServer(answer)
+    try:
+        cfg = ChexpromptConfig(base_url=srv.url, model="judge", requests_per_minute=0, workers=1, max_retries=2,
+                               backoff_s=0.01, timeout_s=10, cache_dir=tmp_path / "c")
+        with pytest.raises(UserError, match="broken HTTP response") as err:
+            rate_pairs([f"r{i}" for i in range(20)], [f"c{i}" for i in range(20)], cfg)
+    finally:
+        srv.close()
+    assert problem in err.value.message and "3 tries" in err.value.message
+    assert srv.count == 3  # the first pair's tries, not twenty pairs' worth
+    assert "\x1b" not in err.value.one_line()  # what the server sent is shown escaped
+
+
+def test_an_oversized_answer_is_not_read_whole(monkeypatch, tmp_path, clock):
+    monkeypatch.setattr(chexprompt, "MAX_ANSWER_BYTES", 1000)
+    srv = RawServer(_http(_completion(GOOD + " " * 2000)))
+    try:
+        cfg = ChexpromptConfig(base_url=srv.url, model="judge", requests_per_minute=0, workers=1, max_retries=0,
+                               timeout_s=10, cache_dir=tmp_path / "c")
+        ratings, stats = rate_pairs(["a"], ["x"], cfg)
+    finally:
+        srv.close()
+    assert ratings == [None] and stats["failed"] == 1

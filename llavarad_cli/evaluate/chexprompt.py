@@ -9,6 +9,7 @@ the prompt and the (reference, candidate) pair, so a rerun after a failure only 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import threading
@@ -24,6 +25,40 @@ from llavarad_cli.errors import UserError
 from llavarad_cli.evaluate.chexprompt_prompt import Prompt, parse_rating
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+#: An answer is a few hundred bytes; a body beyond this is not a chat completion, and reading it whole could
+#: exhaust memory on a hostile or broken endpoint.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+
+class Clock:
+    """The time source of the rate limiter and the backoff waits; tests swap in a fake one (``CLOCK``) so that
+    waits are counted instead of slept."""
+
+    monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
+
+
+CLOCK = Clock()
+
+
+class GarbledAnswer(ValueError):
+    """The server answered, but not with a chat completion we can use (asking again may help)."""
+
+
+def answer_text(raw: bytes) -> str:
+    """The ``content`` of the first choice of a chat-completion body; GarbledAnswer for anything else."""
+    if len(raw) > MAX_ANSWER_BYTES:
+        raise GarbledAnswer(f"answer over {MAX_ANSWER_BYTES} bytes")
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+        content = payload["choices"][0]["message"]["content"]
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, IndexError, TypeError) as exc:
+        raise GarbledAnswer(type(exc).__name__) from None
+    if content is None:  # a refusal or an empty message: an answer with no text
+        return ""
+    if not isinstance(content, str):
+        raise GarbledAnswer(f"content is a {type(content).__name__}, not text")
+    return content
 
 
 @dataclass
@@ -55,11 +90,11 @@ class RateLimiter:
 
     def wait(self) -> None:
         with self.lock:
-            now = time.monotonic()
+            now = CLOCK.monotonic()
             start = max(now, self.next_at)
             self.next_at = start + self.interval
         if start > now:
-            time.sleep(start - now)
+            CLOCK.sleep(start - now)
 
 
 class RatingCache:
@@ -129,15 +164,18 @@ class ChatClient:
         if not self.cfg.azure_deployment:
             body["model"] = self.cfg.model
         data = json.dumps(body).encode()
-        unreachable = None  # the last network error, when that is what made this try fail
+        unreachable = None  # what went wrong when this try failed below HTTP (no server, or a broken response)
         for attempt in range(self.cfg.max_retries + 1):
             self.limiter.wait()
             delay = min(self.cfg.max_backoff_s, self.cfg.backoff_s * (2 ** attempt))
             try:
                 req = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
                 with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
-                return payload["choices"][0]["message"]["content"] or ""
+                    raw = resp.read(MAX_ANSWER_BYTES + 1)
+                    if resp.length and len(raw) <= MAX_ANSWER_BYTES:
+                        # read(n) returns what came before the connection closed, short of Content-Length
+                        raise http.client.IncompleteRead(raw, resp.length)
+                return answer_text(raw)
             except urllib.error.HTTPError as exc:
                 unreachable = None
                 if exc.code in (401, 403, 404):
@@ -152,16 +190,20 @@ class ChatClient:
                     except ValueError:
                         pass
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                unreachable = getattr(exc, "reason", None) or exc  # transient network trouble: back off and retry
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                unreachable = None  # a garbled answer: back off and retry
+                # transient network trouble: back off and retry
+                unreachable = f"cannot be reached ({getattr(exc, 'reason', None) or exc})"
+            except http.client.HTTPException as exc:
+                # a bad status line, a body cut short, a header line too long: the endpoint does not speak HTTP
+                # properly, which asking a thousand more pairs would not change
+                unreachable = f"sent a broken HTTP response ({type(exc).__name__}: {str(exc)[:120]})"
+            except GarbledAnswer:
+                unreachable = None  # a garbled answer: back off and retry; in the end an unusable rating
             if attempt < self.cfg.max_retries:
-                time.sleep(delay)
+                CLOCK.sleep(delay)
         if unreachable is not None:
-            # every try of this request failed to reach the server: asking the next thousand pairs the same way
-            # would only retry for hours; stop, and a rerun resumes from the cache
-            raise UserError(f"CheXprompt endpoint {self.url} cannot be reached ({unreachable}) after "
-                            f"{self.cfg.max_retries + 1} tries",
+            # every try of this request failed below HTTP: asking the next thousand pairs the same way would only
+            # retry for hours; stop, and a rerun resumes from the cache
+            raise UserError(f"CheXprompt endpoint {self.url} {unreachable} after {self.cfg.max_retries + 1} tries",
                             hint="check --chexprompt-base-url and the network; ratings already received are cached, "
                                  "so rerunning asks only for the rest")
         return None
@@ -184,15 +226,23 @@ def rate_pairs(references: Sequence[str], candidates: Sequence[str], cfg: Chexpr
             todo.setdefault(key, []).append(i)
     stats = {"cached": len(keys) - sum(len(v) for v in todo.values()), "requested": 0, "failed": 0}
 
+    stop = threading.Event()  # set by the first request that ends the run, so queued ones are not sent
+
     def ask(key: str) -> tuple[str, dict | None]:
+        if stop.is_set():
+            return key, None  # never reported: the error that set it is raised first
         i = todo[key][0]
         rating = None
-        for _ in range(2):  # one more try when the answer does not parse
-            completion = client.complete(prompt.messages(references[i], candidates[i]))
-            rating = parse_rating(completion)
-            if rating is not None:
-                cache.put(key, rating, completion)
-                break
+        try:
+            for _ in range(2):  # one more try when the answer does not parse
+                completion = client.complete(prompt.messages(references[i], candidates[i]))
+                rating = parse_rating(completion)
+                if rating is not None:
+                    cache.put(key, rating, completion)
+                    break
+        except BaseException:
+            stop.set()
+            raise
         return key, rating
 
     if todo:
