@@ -288,6 +288,10 @@ def evaluate(
         console.print(f"[yellow]{result.extra['empty_predictions']} empty prediction(s) scored as they are[/]")
     if result.extra.get("empty_references"):
         console.print(f"[yellow]{result.extra['empty_references']} empty reference(s) scored as they are[/]")
+    if result.extra.get("rouge_l_token_cap", {}).get("reports_cut"):
+        cap = result.extra["rouge_l_token_cap"]
+        console.print(f"[yellow]{cap['reports_cut']} pair(s) over {cap['max_tokens']:,} tokens cut to that for "
+                      f"ROUGE-L[/]")
     if pairs.no_reference:
         console.print(f"[yellow]{len(pairs.no_reference)} record(s) with a null reference left out, e.g. id "
                       f"{safe(repr(pairs.no_reference[0]))} (listed in metrics.json)[/]")

@@ -11,7 +11,8 @@ from llavarad_cli.evaluate.bootstrap import percentile_interval, resample_counts
 from llavarad_cli.evaluate.records import Pair
 from llavarad_cli.evaluate.runner import EvalOptions, evaluate_pairs
 
-VECTORS = json.loads((__import__("pathlib").Path(__file__).parent / "data/metric-vectors/computed_lexical_vectors.json").read_text())
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+VECTORS = json.loads((DATA / "metric-vectors/computed_lexical_vectors.json").read_text())
 SETS = [k for k in VECTORS if not k.startswith("_")]
 
 
@@ -73,3 +74,105 @@ def test_empty_prediction_scores_zero():
     stats = lexical.bleu_stats(["", "the heart is normal"], ["the lungs are clear", "the heart is normal"])
     assert stats[0, 0] == 0 and stats[0, 2:6].sum() == 0
     assert lexical.rouge_f([""], ["the lungs are clear"]).tolist() == [0.0]
+
+
+def _openi_texts() -> list[str]:
+    import csv
+
+    rows = list(csv.DictReader((DATA / "openi/indiana_reports.csv").open(encoding="utf-8")))
+    return [r[k] for r in rows for k in ("findings", "impression", "indication", "comparison") if r[k].strip()]
+
+
+def _openi_pairs() -> tuple[list[str], list[str]]:
+    """The benchmark's pairs: every Open-I finding against the next one (2,461 of them in the held CSV)."""
+    import csv
+
+    rows = list(csv.DictReader((DATA / "openi/indiana_reports.csv").open(encoding="utf-8")))
+    findings = [r["findings"].strip() for r in rows if r["findings"].strip()]
+    return findings[1:] + findings[:1], findings
+
+
+ODD_TEXTS = ["", "   ", "\n\t", "Heart: NORMAL.\n\nLungs -- clear!!", "É ÉCOLE straße Σίσυφος İstanbul ǅ ﬁ",
+             "x-ray 2cm/3.5 mm (AP), T12-L1", "\u00a0\u2003nbsp\u3000ideographic", "a\x00b\x1bc", "１２３ ｆｕｌｌ",
+             "K\u212a kelvin", "naïve café", "end."]
+
+
+def test_rouge_tokens_are_rouge_scores_tokenize_on_every_held_text():
+    from rouge_score.tokenize import tokenize
+
+    texts = _openi_texts() + ODD_TEXTS + [t for k in SETS for t in VECTORS[k]["hyps"] + VECTORS[k]["refs"]]
+    assert len(texts) > 5000
+    assert [lexical.rouge_tokens(t) for t in texts] == [tokenize(t, None) for t in texts]
+
+
+def test_rouge_l_equals_rouge_score_on_the_open_i_pairs():
+    from rouge_score import rouge_scorer
+
+    hyps, refs = _openi_pairs()
+    hyps, refs = hyps + ODD_TEXTS, refs + ODD_TEXTS[::-1]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    expected = [scorer.score(target=r, prediction=h)["rougeL"].fmeasure for h, r in zip(hyps, refs)]
+    values, cut = lexical.rouge_l(hyps, refs)
+    assert cut == 0 and values.tolist() == expected  # bit for bit
+    assert 0 < float(np.mean(values)) < 1
+
+
+def test_rouge_l_caps_tokens_and_counts_the_cut_reports():
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    hyps, refs = ["a b c d e f", "a b", "x y z"], ["b c a d", "a b c d e", "x y z"]
+    values, cut = lexical.rouge_l(hyps, refs, max_tokens=4)
+    assert cut == 2  # the first pair's prediction, the second pair's reference
+    expected = [scorer.score(" ".join(r.split()[:4]), " ".join(h.split()[:4]))["rougeL"].fmeasure
+                for h, r in zip(hyps, refs)]
+    assert values.tolist() == expected
+
+
+def test_megabyte_reports_are_cut_to_the_cap_counted_and_scored_in_linear_memory():
+    import tracemalloc
+
+    texts = _openi_texts()
+    big_hyp = " ".join(texts)[:1_000_000]   # about 160,000 tokens
+    big_ref = " ".join(texts[::-1])[:1_000_000]
+    tracemalloc.start()
+    values, cut = lexical.rouge_l([big_hyp, "heart size normal"], [big_ref, "heart normal"])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert cut == 1 and 0 < values[0] < 1 and values[1] > 0
+    expected, _ = lexical.rouge_l([" ".join(lexical.rouge_tokens(big_hyp)[:lexical.ROUGE_L_MAX_TOKENS])],
+                                  [" ".join(lexical.rouge_tokens(big_ref)[:lexical.ROUGE_L_MAX_TOKENS])])
+    assert values[0] == expected[0]
+    # token lists and their ids; rouge-score's LCS table for this pair would hold 10^10 Python ints
+    assert peak < 100 * 2**20, peak
+
+
+def test_paper_rouge_figure_is_rouge_scores_bootstrap_aggregator_mid():
+    from rouge_score import rouge_scorer, scoring
+
+    hyps, refs = _openi_pairs()
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    for n in (7, 300):
+        np.random.seed(3)  # what the paper's script did at import
+        agg = scoring.BootstrapAggregator(confidence_interval=0.95, n_samples=500)
+        for h, r in zip(hyps[:n], refs[:n]):
+            agg.add_scores(scorer.score(r, h))
+        assert lexical.paper_rouge_median(lexical.rouge_l(hyps[:n], refs[:n])[0]) == agg.aggregate()["rougeL"].mid.fmeasure
+
+
+def test_evaluate_reports_the_paper_figure_and_the_cap_without_importing_nltk(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from llavarad_cli.evaluate.records import Pair\n"
+        "from llavarad_cli.evaluate.runner import EvalOptions, evaluate_pairs\n"
+        "pairs = [Pair('a', 'heart normal lungs clear', 'heart size normal'), Pair('b', 'effusion', 'no effusion')]\n"
+        "r = evaluate_pairs(pairs, EvalOptions(metrics=('bleu', 'rouge'), bootstrap=10))\n"
+        "print(json.dumps({'extra': r.extra, 'nltk': 'nltk' in sys.modules, 'rouge_scorer': 'rouge_score.rouge_scorer' in sys.modules}))\n")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert out["nltk"] is False and out["rouge_scorer"] is False
+    assert out["extra"]["rouge_l_token_cap"] == {"max_tokens": lexical.ROUGE_L_MAX_TOKENS, "reports_cut": 0}
+    values = lexical.rouge_l(["heart normal lungs clear", "effusion"], ["heart size normal", "no effusion"])[0]
+    assert out["extra"]["paper_figures"]["ROUGE-L"] == lexical.paper_rouge_median(values)

@@ -6,7 +6,13 @@ CONVENTIONS = {
     "BLEU-1/BLEU-4": "sacrebleu corpus BLEU (max_ngram_order 1 / 4), 13a tokenizer, case-sensitive, exp smoothing, "
                      "one reference per report; scale 0-100 (the paper's).",
     "ROUGE-L/ROUGE-2": "rouge-score F-measure per report (default tokenizer: lower-case, alphanumeric tokens; no "
-                       "stemmer), averaged over reports; scale 0-1.",
+                       "stemmer), averaged over reports; scale 0-1. ROUGE-L's LCS is computed bit-parallel "
+                       "(rapidfuzz), the same value; a report over rouge_l_token_cap.max_tokens tokens is cut to "
+                       "that many for ROUGE-L and counted (reports_cut).",
+    "paper figures": "paper_figures.ROUGE-L is ROUGE-L as the paper's script printed it: rouge-score's "
+                     "BootstrapAggregator mid, i.e. the median of 500 bootstrap means drawn with NumPy's global "
+                     "RNG seeded 3 (as when nothing else drew from it first); for comparison only, the metric "
+                     "above is the mean over reports.",
     "F1-CheXbert": "CheXbert labeler (bert-base-uncased + 14 heads, chexbert.pth) on predictions and references; "
                    "micro and macro F1 (sklearn, zero_division=0) over 14 observations and over 5 (Cardiomegaly, "
                    "Edema, Consolidation, Atelectasis, Pleural Effusion); uncertain counted as negative (the "

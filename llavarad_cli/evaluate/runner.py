@@ -95,7 +95,13 @@ def evaluate_pairs(pairs: list[Pair], options: EvalOptions, progress=None) -> Ev
                                   "matches": s[2:6].tolist(), "totals": s[6:10].tolist()}
     for key, kind, name in (("rouge", "rougeL", "ROUGE-L"), ("rouge2", "rouge2", "ROUGE-2")):
         if key in options.metrics:
-            f = lexical.rouge_f(hyps, refs, kind)
+            if kind == "rougeL":
+                f, cut = lexical.rouge_l(hyps, refs)
+                result.extra["rouge_l_token_cap"] = {"max_tokens": lexical.ROUGE_L_MAX_TOKENS, "reports_cut": cut}
+                if n:
+                    result.extra.setdefault("paper_figures", {})["ROUGE-L"] = lexical.paper_rouge_median(f)
+            else:
+                f = lexical.rouge_f(hyps, refs, kind)
             mean_score(name, f)
             for row, v in zip(result.per_report, f):
                 row[name] = float(v)
