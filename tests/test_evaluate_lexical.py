@@ -176,3 +176,12 @@ def test_evaluate_reports_the_paper_figure_and_the_cap_without_importing_nltk(tm
     assert out["extra"]["rouge_l_token_cap"] == {"max_tokens": lexical.ROUGE_L_MAX_TOKENS, "reports_cut": 0}
     values = lexical.rouge_l(["heart normal lungs clear", "effusion"], ["heart size normal", "no effusion"])[0]
     assert out["extra"]["paper_figures"]["ROUGE-L"] == lexical.paper_rouge_median(values)
+
+
+def test_bleu_stats_equal_sacrebleus_segment_statistics_on_the_held_pairs():
+    hyps, refs = _openi_pairs()
+    for k in SETS:
+        hyps, refs = hyps + VECTORS[k]["hyps"], refs + VECTORS[k]["refs"]
+    hyps, refs = hyps + ODD_TEXTS + ["a a a a a", "x ."], refs + ODD_TEXTS[::-1] + ["a a", "x ."]
+    expected = lexical._bleu(lexical.MAX_ORDER)._extract_corpus_statistics(hyps, [refs])
+    assert lexical.bleu_stats(hyps, refs).tolist() == expected
