@@ -6,7 +6,7 @@ import os
 import platform
 from importlib import metadata
 
-PACKAGES = ["torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed", "open_clip_torch", "timm",
+PACKAGES = ["torch", "transformers", "tokenizers", "sentencepiece", "peft", "accelerate", "deepspeed", "open_clip_torch", "timm",
             "flash-attn", "pydicom", "sacrebleu", "rouge-score"]
 
 

@@ -1,31 +1,37 @@
 """Token ids around <image> for the real LLaMA/Vicuna SentencePiece shape, as the reference's slow tokenizer made them.
 
-The tokenizer is the LLaMA-style 32000-piece SentencePiece model shipped in the mistral-common wheel (same
-algorithm and special ids as Vicuna's: <unk>=0, <s>=1, </s>=2, byte fallback). Expected ids are both golden
-and cross-checked with SentencePiece driven directly, chunk by chunk, as the reference did.
+The tokenizer is the LLaMA-style 32000-piece SentencePiece model shipped in the mistral-common wheel (Apache-2.0,
+Mistral AI; read from the installed wheel, not copied; same algorithm and special ids as Vicuna's: <unk>=0,
+<s>=1, </s>=2, byte fallback). Expected ids are both golden and cross-checked with SentencePiece driven
+directly, chunk by chunk, as the reference did; every Open-I report and indication, the MIMIC example report
+and generated whitespace-heavy strings must encode and decode exactly as SentencePiece does.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import random
 import shutil
 from pathlib import Path
 
 import pytest
 
-from llavarad_cli.prompts import (IMAGE_TOKEN_INDEX, render_plain, render_v1_inference, render_v1_training,
-                                  tokenizer_image_token, user_turn)
+from llavarad_cli.prompts import (IMAGE_TOKEN_INDEX, clean_reason, render_plain, render_v1_inference,
+                                  render_v1_training, tokenizer_image_token, user_turn)
 
 pytest.importorskip("sentencepiece")
 mistral_common = pytest.importorskip("mistral_common")
 SP_MODEL = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+DATA = Path(__file__).parent / "data"
+SPECIALS = ("<s>", "</s>", "<unk>")
 
 
 def _tokenizer_dir(root: Path, add_bos: bool | None) -> Path:
     shutil.copy(SP_MODEL, root / "tokenizer.model")
     config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     if add_bos is not None:  # Vicuna v1.5's tokenizer_config.json says add_bos_token: true, legacy: false
-        config.update(add_bos_token=add_bos, add_eos_token=False, legacy=False)
+        config.update(add_bos_token=add_bos, add_eos_token=False, legacy=False, clean_up_tokenization_spaces=False)
     (root / "tokenizer_config.json").write_text(json.dumps(config))
     return root
 
@@ -127,3 +133,130 @@ def test_predictions_decoded_like_the_reference(llama_tok, sp):
     queries = [user_turn(None), user_turn("a much longer reason for this examination"), user_turn("x")]
     got = Predictor(Generated(), llama_tok).predict(queries, torch.zeros(3, 3, 4, 4))
     assert got == ["The lungs are clear.", "No effusion.", ""]
+
+
+# -- exactly SentencePiece, on real and generated text ------------------------------------------------------------
+
+def _openi_texts() -> list[str]:
+    with open(DATA / "openi" / "indiana_reports.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [row[k] for row in rows for k in ("indication", "comparison", "findings", "impression") if row[k]]
+
+
+def _mimic_texts() -> list[str]:
+    report = (DATA / "mimic-format" / "mimic_cxr_website_example_report.txt").read_text(encoding="utf-8")
+    sections = json.loads((DATA / "mimic-format" / "section_parser_expected.json").read_text())["sections"]
+    texts = [report, *report.splitlines(), *(s["text"] for s in sections), *(s["text"].strip() for s in sections)]
+    return texts + [clean_reason(t) for t in texts]  # reasons as the loaders pass them: newlines -> spaces
+
+
+def _generated_texts(n: int = 400, seed: int = 12) -> list[str]:
+    """Report-like strings built from runs of spaces, tabs, blank lines, "space + newline", leading/trailing
+    whitespace, non-ASCII letters and characters only byte fallback can spell (not in the 32000 pieces)."""
+    rnd = random.Random(seed)
+    words = ["Heart", "size", "normal.", "No", "pneumothorax.", "XXXX", "___", "effusion,", "5cm", "r/o", "(PA)",
+             "µg", "90°", "Ä", "é", "—", "≥", "½", "ﬁ", "▁", "鬱", "𝔸", "🧬", "ǅ", "\u2028", "\x01"]
+    gaps = [" ", " ", " ", "  ", "   ", "    ", "\t", " \t ", "\n", "\n\n", " \n", "\n ", " \n \n", "\r\n", ""]
+    texts = []
+    for _ in range(n):
+        parts = [rnd.choice(["", " ", "  ", "\n", "\t"])]
+        for _ in range(rnd.randint(1, 12)):
+            parts += [rnd.choice(words), rnd.choice(gaps)]
+        texts.append("".join(parts) + rnd.choice(["", " ", "  ", "\n", " \n"]))
+    return texts + [" ", "  ", "\n", "\t", "鬱", " leading", "trailing  "]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dict[str, list[str]]:
+    return {"openi": _openi_texts(), "mimic": _mimic_texts(), "generated": _generated_texts()}
+
+
+def test_corpus_is_whitespace_heavy_and_has_no_literal_special_tokens(corpus, sp):
+    texts = [t for group in corpus.values() for t in group]
+    assert not [t for t in texts if any(s in t for s in SPECIALS)]  # those follow the 4.31 rules tested below
+    assert sum("  " in t or " \n" in t or "\n\n" in t for t in corpus["openi"] + corpus["mimic"]) >= 20
+    assert sum("  " in t for t in corpus["generated"]) >= 100
+    byte_pieces = {p for t in corpus["generated"] for p in sp.encode(t, out_type=str) if p.startswith("<0x")}
+    assert len(byte_pieces) >= 8  # byte fallback really exercised
+
+
+@pytest.mark.parametrize("group", ["openi", "mimic", "generated"])
+def test_ids_and_text_are_exactly_sentencepiece(llama_tok, sp, corpus, group):
+    wrong_ids, wrong_text = [], []
+    for text in corpus[group]:
+        ids = llama_tok(text).input_ids
+        if ids != [1] + sp.encode(text):
+            wrong_ids.append(text)
+        if llama_tok.decode(ids, skip_special_tokens=True) != sp.decode(sp.encode(text)):
+            wrong_text.append(text)
+    assert not wrong_ids, f"{len(wrong_ids)} of {len(corpus[group])} texts, e.g. {wrong_ids[:3]!r}"
+    assert not wrong_text, f"{len(wrong_text)} of {len(corpus[group])} texts, e.g. {wrong_text[:3]!r}"
+
+
+def test_openi_prompts_and_training_strings_match_the_reference_chunking(llama_tok, sp):
+    with open(DATA / "openi" / "indiana_reports.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    wrong = []
+    for row in rows:
+        for text in (render_v1_inference(user_turn(row["indication"] or None)),
+                     render_v1_training(user_turn(row["indication"] or None), row["findings"]),
+                     render_plain(row["findings"])):
+            if tokenizer_image_token(text, llama_tok) != _reference_ids(text, sp):
+                wrong.append(text)
+    assert not wrong, f"{len(wrong)} strings differ, e.g. {wrong[:2]!r}"
+
+
+def test_literal_special_tokens_follow_the_slow_llama_tokenizer(llama_tok):
+    """Matched as their ids, the text around them untouched; after one, no dummy-prefix space (legacy=False),
+    but a real space stays its own piece."""
+    assert llama_tok("x</s>y").input_ids == [1, 1318, 2, 28724]
+    assert llama_tok("x</s> y").input_ids == [1, 1318, 2, 28705, 337]
+    assert llama_tok("<s>a").input_ids == [1, 1, 28708]
+    assert llama_tok("No effusion.</s>").input_ids[-1] == 2
+    # 4.31's convert_tokens_to_string: a space before a special token that follows text, none after one.
+    assert llama_tok.decode([1, 1318, 2, 28724]) == "<s> x</s>y"
+    assert llama_tok.decode([1, 1318, 2, 28724, 0], skip_special_tokens=True) == "xy"
+
+
+def test_sentencepiece_folders_use_the_wrapper_and_others_do_not(tmp_path, tiny_tokenizer):
+    from llavarad_cli.model.loading import load_tokenizer
+    from llavarad_cli.model.sp_tokenizer import SentencePieceTokenizer
+
+    (tmp_path / "sp").mkdir()
+    folder = _tokenizer_dir(tmp_path / "sp", add_bos=True)
+    # A tokenizer.json next to tokenizer.model changes nothing: the reference asked for the slow tokenizer.
+    (folder / "tokenizer.json").write_text("{}")
+    assert isinstance(load_tokenizer(str(folder)), SentencePieceTokenizer)
+    tiny_tokenizer.save_pretrained(tmp_path / "bpe")
+    assert not isinstance(load_tokenizer(str(tmp_path / "bpe")), SentencePieceTokenizer)
+
+
+def test_saved_tokenizer_loads_back_the_same(llama_tok, tmp_path, corpus):
+    from llavarad_cli.model.loading import load_tokenizer
+    from llavarad_cli.model.sp_tokenizer import SentencePieceTokenizer
+
+    llama_tok.save_pretrained(tmp_path)
+    again = load_tokenizer(str(tmp_path))
+    assert isinstance(again, SentencePieceTokenizer) and again.pad_token == "<unk>"
+    assert (tmp_path / "tokenizer.model").read_bytes() == SP_MODEL.read_bytes()
+    for text in corpus["generated"][:50] + ["x</s>y", "x</s> y"]:
+        assert again(text).input_ids == llama_tok(text).input_ids
+
+
+def test_hub_id_with_a_sentencepiece_model_uses_the_wrapper(tmp_path, monkeypatch):
+    """A hub base (lmsys/vicuna-7b-v1.5) is looked at through its cached snapshot folder."""
+    import llavarad_cli.model.loading as loading
+    from llavarad_cli.model.sp_tokenizer import SentencePieceTokenizer
+
+    snapshot = _tokenizer_dir(tmp_path, add_bos=True)
+    asked = []
+
+    def fake_resolve_file(source, filename, what, required=True):
+        asked.append((source, filename))
+        path = snapshot / filename
+        return path if path.is_file() else None
+
+    monkeypatch.setattr(loading, "resolve_file", fake_resolve_file)
+    tok = loading.load_tokenizer("lmsys/vicuna-7b-v1.5")
+    assert isinstance(tok, SentencePieceTokenizer) and tok("x").input_ids == [1, 1318]
+    assert ("lmsys/vicuna-7b-v1.5", "tokenizer.model") in asked

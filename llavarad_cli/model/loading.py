@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from llavarad_cli.errors import UserError
-from llavarad_cli.model.weights import cache_dir, hub_offline, is_local, resolve_dir
+from llavarad_cli.model.weights import cache_dir, hub_offline, is_local, resolve_dir, resolve_file
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -77,19 +78,45 @@ def load_lm(source: str, dtype: torch.dtype, device: torch.device, attn_implemen
 
 
 def load_tokenizer(source: str):
-    """The LM's tokenizer; ``pad = unk`` when it has no pad token, as the reference sets it."""
+    """The LM's tokenizer; ``pad = unk`` when it has no pad token, as the reference sets it.
+
+    A LLaMA SentencePiece folder (``tokenizer.model``; Vicuna) is driven by ``sentencepiece`` itself, as the
+    reference's slow tokenizer was (transformers 5's converted BPE gives other ids around runs of spaces; see
+    model/sp_tokenizer.py). Anything else goes through ``AutoTokenizer``.
+    """
     from transformers import AutoTokenizer
+
+    from llavarad_cli.model.sp_tokenizer import SentencePieceTokenizer
 
     where = resolve_dir(source, "tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError) as exc:
+        sp_folder = _sentencepiece_folder(source, where)
+        if sp_folder is not None:
+            tokenizer = SentencePieceTokenizer.from_folder(sp_folder)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"tokenizer of `{source}` could not be loaded{_where(source)}: {_first_line(exc)}",
                         hint="give a local folder with the tokenizer files, or go online once") from None
     _ensure_bos(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     return tokenizer
+
+
+def _sentencepiece_folder(source: str, where: str) -> Path | None:
+    """The folder holding a LLaMA ``tokenizer.model`` for ``source`` (local, or its hub snapshot), else None."""
+    from llavarad_cli.model.sp_tokenizer import CONFIG_FILE, MODEL_FILE, is_sentencepiece_folder
+
+    if is_local(source):
+        folder = Path(where)
+    else:
+        model = resolve_file(source, MODEL_FILE, "tokenizer", required=False)
+        if model is None:
+            return None
+        resolve_file(source, CONFIG_FILE, "tokenizer", required=False)  # lands in the same snapshot folder
+        folder = model.parent
+    return folder if is_sentencepiece_folder(folder) else None
 
 
 def _ensure_bos(tokenizer) -> None:
