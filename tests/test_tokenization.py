@@ -260,3 +260,65 @@ def test_hub_id_with_a_sentencepiece_model_uses_the_wrapper(tmp_path, monkeypatc
     tok = loading.load_tokenizer("lmsys/vicuna-7b-v1.5")
     assert isinstance(tok, SentencePieceTokenizer) and tok("x").input_ids == [1, 1318]
     assert ("lmsys/vicuna-7b-v1.5", "tokenizer.model") in asked
+
+
+# -- whitespace reasons give the reference's findings ----------------------------------------------------------
+
+#: Indications shaped like MIMIC's: blank lines and "space + newline" (newlines become spaces), runs of spaces,
+#: tabs, leading and trailing whitespace.
+WHITESPACE_REASONS = [
+    "___ year old woman with ?pleural effusion  // ?pleural effusion\n ",
+    "Chest pain.  Shortness of breath.",
+    "cough\n\nfever",
+    "r/o PNA \n eval for effusion",
+    "   leading spaces",
+    "trailing spaces   ",
+    "tab\tseparated\t\tfields",
+    "Line one.\n \nLine two.   µ 90°",
+]
+
+
+@pytest.fixture(scope="module")
+def vocab_model():
+    """The tiny LLaVA-Rad (tower, projector) on a tiny LM with the real 32000-row vocabulary, so every id the
+    SentencePiece model can produce is a real embedding row and every generated id decodes."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from llavarad_cli import testing
+    from llavarad_cli.model.llavarad import LlavaRadModel
+
+    tiny, _, _ = testing.tiny_llavarad_model()
+    torch.manual_seed(5)
+    config = testing.tiny_llama_config(vocab_size=32000)
+    config.initializer_range = 0.2  # a sharper random LM: its greedy text depends on every prompt id
+    lm = LlamaForCausalLM(config).eval()
+    return LlavaRadModel(lm, tiny.vision_tower, tiny.projector, tiny.config).eval()
+
+
+def _reference_findings(model, sp, query: str, pixels, max_new_tokens: int) -> str:
+    """The reference's way: prompt ids from SentencePiece chunk by chunk, greedy, then special ids dropped,
+    SentencePiece's decode, strip, a trailing "</s>" removed, strip."""
+    import torch
+
+    ids = torch.tensor([_reference_ids(render_v1_inference(query), sp)])
+    out = model.generate(ids, torch.ones_like(ids), pixels, max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=2, pad_token_id=0)
+    text = sp.decode([i for i in out[0].tolist() if i not in (0, 1, 2)]).strip()
+    return text[: -len("</s>")].strip() if text.endswith("</s>") else text
+
+
+def test_whitespace_reasons_give_the_reference_findings(vocab_model, llama_tok, sp):
+    import torch
+
+    from llavarad_cli.infer.generate import GenerationSettings, Predictor
+
+    predictor = Predictor(vocab_model, llama_tok, GenerationSettings(max_new_tokens=12))
+    pixels = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+    got, expected = [], []
+    for reason in WHITESPACE_REASONS:
+        query = user_turn(reason)
+        got.append(predictor.predict([query], pixels)[0])
+        expected.append(_reference_findings(vocab_model, sp, query, pixels, 12))
+    assert got == expected
+    assert len(set(expected)) == len(expected) and all(expected)  # the random LM really follows its prompt
