@@ -184,3 +184,95 @@ def test_packed_records_round_trip_and_reject_bad_files(tmp_path):
     path.write_text("[]")
     with pytest.raises(UserError, match="non-empty JSON list"):
         load_records(path)
+
+
+# -- masks equal the reference's preprocess_plain / preprocess_v1 on whitespace-heavy text ---------------------
+# An independent re-statement of the reference's behaviour, driven by SentencePiece directly: the slow LLaMA
+# tokenizer put BOS first and matched a literal "</s>" as EOS; each <image> chunk was tokenised on its own.
+
+SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+WHITESPACE_FINDINGS = [
+    "Cardiac size cannot be evaluated.  Large left pleural effusion is new.  Small\n right effusion is new.",
+    "Heart size normal. \n\nLungs are clear.   No effusion.",
+    "  Leading spaces.\tA tab.  ",
+    "No pneumothorax.\n \n XXXX opacity ___ 5cm.",
+]
+WHITESPACE_INDICATIONS = [None, "___ year old woman with ?pleural effusion  // ?pleural effusion\n ",
+                          "cough \n fever", "  r/o PNA\t\teval"]
+
+
+def _slow_llama_ids(text, sp):
+    ids = [1]
+    for k, part in enumerate(text.split("</s>")):
+        if k:
+            ids.append(2)
+        if part:
+            ids += sp.encode(part)
+    return ids
+
+
+def _image_prompt_ids(prompt, sp):
+    ids = [1]
+    for k, chunk in enumerate(prompt.split("<image>")):
+        if k:
+            ids.append(IMAGE_TOKEN_INDEX)
+        ids += _slow_llama_ids(chunk, sp)[1:]
+    return ids
+
+
+def _loader_human_turn(reason):
+    if reason is None:
+        return "<image>\nProvide a description of the findings in the radiology image."
+    reason = reason.replace("\n", " ")
+    return ("<image>\nProvide a description of the findings in the radiology image given the following "
+            f"indication: {reason}")
+
+
+def _reference_plain(findings, sp):
+    ids = _image_prompt_ids("<image>" + findings + "\n", sp)
+    n = len(_image_prompt_ids("<image>", sp))
+    return ids, [IGNORE_INDEX] * n + ids[n:]
+
+
+def _reference_v1(human, findings, sp, max_length=2048):
+    human = ("<image>\n" + human.replace("<image>", "").strip()).strip()  # preprocess_multimodal
+    conversation = f"{SYSTEM} USER: {human} ASSISTANT: {findings}</s>"
+    ids = _image_prompt_ids(conversation, sp)
+    labels = list(ids)
+    labels[0] = IGNORE_INDEX
+    cur = 1
+    for rnd in conversation.split("</s>"):
+        if not rnd:
+            break
+        parts = rnd.split(" ASSISTANT: ")
+        if len(parts) != 2:
+            break
+        instruction = len(_image_prompt_ids(parts[0] + " ASSISTANT: ", sp)) - 2
+        labels[cur:cur + instruction] = [IGNORE_INDEX] * len(labels[cur:cur + instruction])
+        cur += len(_image_prompt_ids(rnd, sp))
+    labels[cur:] = [IGNORE_INDEX] * len(labels[cur:])
+    if cur < max_length and cur != len(ids):
+        labels = [IGNORE_INDEX] * len(ids)  # the reference's "tokenization mismatch": whole sample masked
+    return ids, labels
+
+
+@pytest.fixture(scope="module")
+def sp_direct():
+    sentencepiece = pytest.importorskip("sentencepiece")
+    mistral_common = pytest.importorskip("mistral_common")
+    return sentencepiece.SentencePieceProcessor(
+        model_file=str(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"))
+
+
+@pytest.mark.parametrize("findings", WHITESPACE_FINDINGS)
+def test_masks_equal_the_reference_on_whitespace_heavy_text(llama_tok, sp_direct, findings):
+    for reason in WHITESPACE_INDICATIONS:
+        record = _record(reason, findings=findings)
+        assert record["conversations"][0]["value"] == _loader_human_turn(reason)
+        ids, labels = _reference_v1(_loader_human_turn(reason), findings, sp_direct)
+        assert any(label != IGNORE_INDEX for label in labels)  # no reference mismatch: a real training sample
+        v1 = build_sample(record, "v1", llama_tok, 2048)
+        assert isinstance(v1, Sample) and (v1.input_ids, v1.labels) == (ids, labels)
+        plain = build_sample(record, "plain", llama_tok, 2048)
+        assert isinstance(plain, Sample) and (plain.input_ids, plain.labels) == _reference_plain(findings, sp_direct)
