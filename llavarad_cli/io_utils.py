@@ -26,8 +26,11 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     and rewrites anyway; a kill still never leaves half a file under the final name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "wb") as fh:
@@ -36,12 +39,22 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error, naming the file the caller asked for: a write on a full disk reports no file name at
+    all, and a failed temp file names a hidden `.x.abc.tmp` the user never asked for."""
+    if exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -311,3 +311,43 @@ def test_damaged_zip_member_is_an_unreadable_report_not_a_crash(tmp_path):
         assert store.read("10000033", "50414268") == b" FINDINGS: Normal.\n"
     finally:
         store.close()
+
+
+def test_full_disk_while_copying_stops_with_the_error_and_the_rerun_continues(tmp_path, monkeypatch):
+    from test_prepare_resize import full_disk
+
+    from llavarad_cli.data.prepare import prepare
+
+    mimic = build_tree(tmp_path)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        full_disk(patch, after=2)  # the size marker and one copy fit, the next copy does not
+        with pytest.raises(OSError) as err:
+            prepare(out, image_size=40, workers=1, mimic_dir=mimic)
+    assert err.value.strerror == "No space left on device"
+    assert err.value.filename.startswith(str(out / "images")) and err.value.filename.endswith(".jpg")
+    # Nothing counted as an unreadable image, no records written from a run that lost images.
+    assert sorted(p.name for p in out.iterdir()) == ["images"]
+    assert not [p for p in (out / "images").rglob("*") if p.name.endswith(".tmp")]
+    summary = prepare(out, image_size=40, workers=1, mimic_dir=mimic)
+    assert (summary["images"]["written"], summary["images"]["reused"]) == (2, 1)
+    assert summary["skipped"]["unreadable_image"]["count"] == 2  # only the two really broken images
+    assert summary["total_records"] == 3
+
+
+def test_full_disk_while_writing_the_records_leaves_no_partial_file(tmp_path, monkeypatch):
+    from test_prepare_resize import full_disk
+
+    from llavarad_cli.data.prepare import prepare
+
+    mimic = build_tree(tmp_path)
+    out = tmp_path / "out"
+    assert _run("--mimic-dir", mimic, "--out", out, "--workers", 1).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in ("train.json", "dev.json", "prepare-summary.json")}
+    with monkeypatch.context() as patch:
+        full_disk(patch)
+        with pytest.raises(OSError) as err:
+            prepare(out, workers=1, overwrite=True, mimic_dir=mimic)
+    assert err.value.strerror == "No space left on device" and err.value.filename == str(out / "train.json")
+    assert {name: (out / name).read_bytes() for name in before} == before  # the previous run's files, whole
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -120,3 +120,143 @@ def test_in_process_run_leaves_pillow_buffer_cache_as_it_was(tmp_path):
     results = list(run_jobs([ImageJob(0, source, tmp_path / "a.jpg", 40), ImageJob(1, source, None, None)], 1))
     assert [r.status for r in results] == ["written", "ok"]
     assert Image.core.get_blocks_max() == before
+
+
+def _write_copy(tmp_path):
+    source = tmp_path / "src.jpg"
+    noise = np.random.RandomState(0).randint(0, 256, (200, 160), dtype=np.uint8)
+    Image.fromarray(noise, "L").save(source, quality=90)
+    target = tmp_path / "copies" / "copy.jpg"
+    assert run_job(ImageJob(0, source, target, 40)).status == "written"
+    return source, target
+
+
+def test_copy_cut_short_after_it_was_written_is_redone_not_reused(tmp_path):
+    # The header still opens, so a header-only check would reuse it and training would fail on it later.
+    source, target = _write_copy(tmp_path)
+    whole = target.read_bytes()
+    target.write_bytes(whole[: len(whole) * 2 // 3])
+    with Image.open(target) as image:
+        assert image.size == (40, 50)  # what the old check looked at
+    assert run_job(ImageJob(0, source, target, 40)).status == "written"
+    assert target.read_bytes() == whole
+    assert run_job(ImageJob(0, source, target, 40)).status == "reused"
+
+
+def test_small_jpeg_with_bytes_after_its_end_is_re_encoded_so_its_copy_is_reusable(tmp_path):
+    source = tmp_path / "small.jpg"
+    Image.new("L", (20, 24), 90).save(source)
+    source.write_bytes(source.read_bytes() + b"trailing junk")
+    target = tmp_path / "copy.jpg"
+    assert run_job(ImageJob(0, source, target, 40)).status == "written"
+    assert target.read_bytes().endswith(b"\xff\xd9")
+    assert run_job(ImageJob(0, source, target, 40)).status == "reused"
+
+
+class _FullDisk:
+    """What os.fdopen returns on a full disk: the file opens, every write fails with ENOSPC."""
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+    def write(self, data):
+        import errno
+        import os
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def full_disk(monkeypatch, after: int = 0):
+    """Make atomic writes fail as on a full disk once `after` files were written in this process (root
+    ignores chmod, so a read-only folder would not do). Forked workers inherit it."""
+    import os
+
+    from llavarad_cli import io_utils
+
+    real = os.fdopen
+    opened = []
+
+    def fdopen(fd, *args, **kwargs):
+        opened.append(fd)
+        fh = real(fd, *args, **kwargs)
+        return fh if len(opened) <= after else _FullDisk(fh)
+
+    monkeypatch.setattr(io_utils.os, "fdopen", fdopen)
+
+
+def test_full_disk_is_an_error_naming_the_copy_not_an_unreadable_image(tmp_path, monkeypatch):
+    source = tmp_path / "src.jpg"
+    Image.new("L", (80, 100), 70).save(source)
+    target = tmp_path / "copies" / "copy.jpg"
+    full_disk(monkeypatch)
+    with pytest.raises(OSError) as err:
+        run_job(ImageJob(0, source, target, 40))
+    assert err.value.strerror == "No space left on device" and err.value.filename == str(target)
+    assert list(target.parent.iterdir()) == []  # no temp file, no partial copy
+
+
+def test_full_disk_in_a_worker_stops_the_pool_with_the_same_error(tmp_path, monkeypatch):
+    jobs = []
+    for number in range(6):
+        path = tmp_path / f"{number}.jpg"
+        Image.new("L", (80, 100), number * 30).save(path)
+        jobs.append(ImageJob(number, path, tmp_path / "copies" / f"{number}.jpg", 40))
+    full_disk(monkeypatch)  # the forked workers inherit it
+    with pytest.raises(OSError) as err:
+        list(run_jobs(jobs, workers=2))
+    assert err.value.strerror == "No space left on device"
+    assert err.value.filename.startswith(str(tmp_path / "copies"))
+
+
+def _kill_myself_on(name):
+    """A check_image that dies like a worker taken by the OOM killer when it reaches the image `name`."""
+    import os
+    import signal
+
+    from llavarad_cli.data import resize
+
+    real = resize.check_image
+
+    def check_or_die(source):
+        if source.name == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(source)
+
+    return check_or_die
+
+
+def test_a_killed_worker_ends_the_run_with_one_clear_error_instead_of_hanging(tmp_path, monkeypatch):
+    import signal
+
+    from llavarad_cli.data import resize
+    from llavarad_cli.errors import UserError
+
+    jobs = []
+    for number in range(40):
+        path = tmp_path / f"{number}.jpg"
+        Image.new("L", (16, 16), number * 5).save(path)
+        jobs.append(ImageJob(number, path, None, None))
+    monkeypatch.setattr(resize, "check_image", _kill_myself_on("7.jpg"))  # the forked workers inherit it
+
+    def hung(signum, frame):
+        raise AssertionError("run_jobs still waiting on a dead worker")
+
+    # Not a time limit on the work: multiprocessing.Pool waits forever here, and a test must fail, not hang.
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        with pytest.raises(UserError) as err:
+            list(run_jobs(jobs, workers=2))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert "worker process died" in err.value.message and "run the same command again" in err.value.hint

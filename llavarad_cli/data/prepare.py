@@ -35,9 +35,9 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"{out}: --out exists and is not a folder")
 
 
-def load_source(*, mimic_dir: Path | None, reports: Path | None, annotations: Path | None,
-                openi_reports: Path | None, openi_projections: Path | None, openi_images: Path | None,
-                split: str | None) -> SourceResult:
+def load_source(*, mimic_dir: Path | None = None, reports: Path | None = None, annotations: Path | None = None,
+                openi_reports: Path | None = None, openi_projections: Path | None = None,
+                openi_images: Path | None = None, split: str | None = None) -> SourceResult:
     """Choose the source from the options given; contradictory combinations are user errors."""
     openi = any(p is not None for p in (openi_reports, openi_projections, openi_images))
     if openi and (mimic_dir is not None or annotations is not None or reports is not None):

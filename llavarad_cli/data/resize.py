@@ -5,13 +5,20 @@ shortest side 518 is decoded at 1/4 scale (625x750) straight from the DCT coeffi
 inverse DCT nor a resample of 7.5 million pixels happens. The entropy decoding still reads every byte and is
 about 80% of what remains. Copies are written atomically, and an existing copy is reused, so a rerun after an
 interruption carries on.
+
+Reading and writing fail differently on purpose: a source image that cannot be read is a counted skip (a
+property of the input), while a copy that cannot be written (disk full, read-only folder) stops the run with
+its OSError (a property of the machine: skipping would silently drop every record from there on).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import signal
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -19,6 +26,7 @@ from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import atomic_write_bytes
 
 JPEG_QUALITY = 95
@@ -50,11 +58,26 @@ class ImageResult:
     detail: str = ""
 
 
+#: Every JPEG ends with the end-of-image marker. Copies are always JPEGs, so a copy that does not end with it was
+#: cut short after it was written (a full disk during a copy of the folder, a sync tool, a power cut without
+#: fsync): reading the header alone would reuse it, and training would fail on it later.
+JPEG_END = b"\xff\xd9"
+
+
 def copy_is_usable(path: Path) -> bool:
-    """An existing copy is reused only if it still opens as an image (a crash can leave an empty file)."""
+    """An existing copy is reused only if it is a whole JPEG: its header opens and its last bytes are the
+    end-of-image marker. Two reads, no decoding, so a rerun over 200,000 copies stays quick."""
     try:
-        with Image.open(path) as image:
-            return image.size[0] > 0
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() < 4:
+                return False
+            fh.seek(-len(JPEG_END), os.SEEK_END)
+            if fh.read() != JPEG_END:
+                return False
+            fh.seek(0)
+            with Image.open(fh) as image:
+                return image.format == "JPEG" and image.size[0] > 0
     except _DECODE_ERRORS:
         return False
 
@@ -84,8 +107,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_image(source: Path, target: Path, size: int) -> None:
-    """Write `source` as a JPEG with shortest side `size` to `target` (atomically). Raises on a bad image."""
+def encode_copy(source: Path, size: int) -> bytes:
+    """`source` as JPEG bytes with shortest side `size`. Raises one of `_DECODE_ERRORS` on a bad image."""
     with Image.open(source) as image:
         width, height = image.size
         new_size = target_size(width, height, size)
@@ -93,8 +116,10 @@ def resize_image(source: Path, target: Path, size: int) -> None:
             with open(source, "rb") as fh:  # already small enough: keep the original bytes, no re-encoding loss
                 data = fh.read()
             image.load()  # still prove it decodes
-            atomic_write_bytes(target, data, durable=False)
-            return
+            # Only a JPEG that ends where JPEGs end: trailing bytes would make the copy fail `copy_is_usable`
+            # and be redone on every rerun, so such a file is re-encoded instead.
+            if data.endswith(JPEG_END):
+                return data
         if image.format == "JPEG":
             # Decode at the smallest 1/1, 1/2, 1/4 or 1/8 scale that is still at least new_size.
             image.draft("L" if image.mode == "L" else "RGB", new_size)
@@ -104,8 +129,18 @@ def resize_image(source: Path, target: Path, size: int) -> None:
             pixels = pixels.resize(new_size, RESAMPLE, reducing_gap=REDUCING_GAP)
         buffer = io.BytesIO()
         pixels.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def resize_image(source: Path, target: Path, size: int) -> None:
+    """Write `source` as a JPEG with shortest side `size` to `target` (atomically).
+
+    Raises one of `_DECODE_ERRORS` for a bad source, and the OSError of the write (naming `target`) for an
+    output that cannot be written: the two must not be confused.
+    """
+    data = encode_copy(source, size)
     # No fsync: a copy lost to a power cut is caught by `copy_is_usable` on the rerun; fsync cost ~10% here.
-    atomic_write_bytes(target, buffer.getvalue(), durable=False)
+    atomic_write_bytes(target, data, durable=False)
 
 
 def check_image(source: Path) -> None:
@@ -120,22 +155,28 @@ def check_image(source: Path) -> None:
 
 
 def run_job(job: ImageJob) -> ImageResult:
+    """One image's result. Only reading the source is guarded: an OSError writing the copy propagates."""
+    if job.target is not None and job.target.is_file() and copy_is_usable(job.target):
+        return ImageResult(job.index, "reused")
     try:
-        if job.target is None:
-            if not job.source.is_file():
-                return ImageResult(job.index, "missing_image", "not found")
-            check_image(job.source)
-            return ImageResult(job.index, "ok")
-        if job.target.is_file() and copy_is_usable(job.target):
-            return ImageResult(job.index, "reused")
         if not job.source.is_file():
             return ImageResult(job.index, "missing_image", "not found")
-        resize_image(job.source, job.target, job.size)
-        return ImageResult(job.index, "written")
+        if job.target is None:
+            check_image(job.source)
+            return ImageResult(job.index, "ok")
+        data = encode_copy(job.source, job.size)
     except _DECODE_ERRORS as exc:
         # The summary already names the image; keep Pillow's reason without the long absolute path.
         message = " ".join(str(exc).replace(f"'{job.source}'", "").split()) or type(exc).__name__
         return ImageResult(job.index, "unreadable_image", message[:200])
+    # No fsync: a copy lost to a power cut is caught by `copy_is_usable` on the rerun; fsync cost ~10% here.
+    atomic_write_bytes(job.target, data, durable=False)
+    return ImageResult(job.index, "written")
+
+
+def run_chunk(jobs: list[ImageJob]) -> list[ImageResult]:
+    """What one worker does with one message: a few images, so the messages cost nothing next to the work."""
+    return [run_job(job) for job in jobs]
 
 
 def default_workers() -> int:
@@ -182,13 +223,26 @@ def run_jobs(jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
     # An image is ~20 ms of work and a message between processes ~0.1 ms, so chunks only need to be a few images:
     # big chunks leave one worker idle at the end (3 images of 48 at once cost the 2-worker run ~6%).
     chunksize = max(1, min(16, len(jobs) // (workers * 64)))
+    chunks = (jobs[start:start + chunksize] for start in range(0, len(jobs), chunksize))
     context = get_context("fork") if "fork" in get_all_start_methods() else get_context()
-    pool = context.Pool(workers, initializer=_init_worker)
+    # concurrent.futures rather than multiprocessing.Pool: a Pool replaces a worker that the OOM killer or a
+    # `kill -9` ended and waits forever for the chunk it held; this executor fails every pending future with
+    # BrokenProcessPool instead, so the run ends.
+    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
     try:
-        yield from pool.imap_unordered(run_job, jobs, chunksize=chunksize)
-        pool.close()  # all done: let the workers exit on their own, quicker than terminate()'s signals
-    except BaseException:  # an error, Ctrl-C or a caller that stopped early: stop the workers now
-        pool.terminate()
-        raise
+        # A few chunks per worker in flight keep every worker busy without pickling all the jobs up front.
+        pending = {executor.submit(run_chunk, chunk) for chunk in itertools.islice(chunks, workers * 4)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield from future.result()
+            pending.update(executor.submit(run_chunk, chunk) for chunk in itertools.islice(chunks, len(done)))
+    except BrokenProcessPool:
+        raise UserError("an image worker process died (killed by the out-of-memory killer or a signal); "
+                        "nothing was written but the image copies already finished",
+                        hint="run the same command again to continue (finished copies are reused); "
+                             "fewer --workers need less memory") from None
     finally:
-        pool.join()
+        # An error, Ctrl-C or a caller that stopped early: drop what has not started. The workers ignore
+        # SIGINT, so each finishes the few images it holds (well under a second) and exits.
+        executor.shutdown(wait=True, cancel_futures=True)
