@@ -158,3 +158,79 @@ def test_truncated_jpeg_loads_without_leaving_pillow_switched(tmp_path):
         images = list(pool.map(load_image, paths * 4))
     assert all(image.size == (256, 256) and image.mode == "RGB" for image in images)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def _compressed_dicom(path: Path, syntax, fragment: bytes, bits: int = 8) -> Path:
+    """A DICOM whose pixel data is one encapsulated frame of `syntax` (the bytes are the caller's)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = 16, 24
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds.PixelData = encapsulate([fragment])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_compressed_with_a_codec_nothing_installed_decodes_is_a_problem_naming_the_package(tmp_path):
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
+
+    if get_decoder(JPEGLSLossless).is_available:
+        pytest.skip("a JPEG-LS decoder is installed here (the dicom extra)")
+    path = _compressed_dicom(tmp_path / "jls.dcm", JPEGLSLossless, b"\xff\xd8\xff\xf7 jpeg-ls stream")
+    with pytest.raises(ImageProblem) as err:
+        load_image(path)
+    assert err.value.kind == "unreadable_image"
+    assert "JPEG-LS" in err.value.detail and "llavarad[dicom]" in err.value.detail and "pylibjpeg" in err.value.detail
+
+
+def test_dicom_in_jpeg_2000_decodes_with_the_decoder_pillow_brings(tmp_path):
+    import io
+
+    from pydicom.uid import JPEG2000Lossless
+
+    pixels = np.tile(np.arange(24, dtype=np.uint8) * 10, (16, 1))
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buf, "JPEG2000", irreversible=False, no_jp2=True)
+    gray = np.asarray(load_image(_compressed_dicom(tmp_path / "j2k.dcm", JPEG2000Lossless, buf.getvalue())))
+    assert gray.shape == (16, 24, 3)
+    assert gray[0, 0, 0] == 0 and gray[0, -1, 0] == 255  # stretched like any DICOM
+
+
+@pytest.mark.parametrize("case", ["garbage after the magic", "cut short", "no pixel data", "damaged stream",
+                                  "no preamble"])
+def test_broken_dicom_files_are_counted_problems_not_crashes(tmp_path, case):
+    from pydicom.uid import JPEG2000Lossless
+
+    path = tmp_path / "bad.dcm"
+    if case == "garbage after the magic":
+        path.write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 8)
+    elif case == "cut short":
+        whole = _dicom(tmp_path / "whole.dcm", _ramp()).read_bytes()
+        path.write_bytes(whole[: len(whole) - 100])
+    elif case == "no pixel data":
+        import pydicom
+
+        ds = pydicom.dcmread(_dicom(tmp_path / "whole.dcm", _ramp()))
+        del ds.PixelData
+        ds.save_as(path)
+    elif case == "damaged stream":
+        _compressed_dicom(path, JPEG2000Lossless, b"\xff\x4f\xff\x51 not really a codestream")
+    else:
+        path.write_bytes(b"just some bytes in a file named .dcm")
+    with pytest.raises(ImageProblem) as err:
+        load_image(path)
+    assert err.value.kind == "unreadable_image" and "bad.dcm" in err.value.detail

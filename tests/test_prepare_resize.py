@@ -260,3 +260,27 @@ def test_a_killed_worker_ends_the_run_with_one_clear_error_instead_of_hanging(tm
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert "worker process died" in err.value.message and "run the same command again" in err.value.hint
+
+
+def test_dicom_sources_are_read_by_the_model_input_reader_and_its_problems_are_counted(tmp_path):
+    from test_images import _compressed_dicom, _dicom, _ramp
+
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
+
+    good = _dicom(tmp_path / "good.dcm", _ramp(h=64, w=80), "MONOCHROME1")
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"not a dicom at all")
+    results = list(run_jobs([ImageJob(0, good, tmp_path / "o" / "good.jpg", 32), ImageJob(1, good, None, None),
+                             ImageJob(2, bad, tmp_path / "o" / "bad.jpg", 32), ImageJob(3, bad, None, None)], 1))
+    assert [(r.index, r.status) for r in results] == [(0, "written"), (1, "ok"), (2, "unreadable_image"),
+                                                      (3, "unreadable_image")]
+    assert "not a valid DICOM file" in results[2].detail
+    with Image.open(tmp_path / "o" / "good.jpg") as copy:
+        assert copy.size == (40, 32) and copy.mode == "L"
+        row = np.asarray(copy)[16]
+        assert row[0] > 240 and row[-1] < 15  # MONOCHROME1 inverted, as infer sees it
+    if not get_decoder(JPEGLSLossless).is_available:
+        jls = _compressed_dicom(tmp_path / "jls.dcm", JPEGLSLossless, b"\xff\xd8\xff\xf7 stream")
+        result = run_job(ImageJob(4, jls, tmp_path / "o" / "jls.jpg", 32))
+        assert result.status == "unreadable_image" and "llavarad[dicom]" in result.detail

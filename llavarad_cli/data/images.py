@@ -6,6 +6,7 @@ Also resolves image paths from data files inside their root folder, refusing pat
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from pathlib import Path
 
@@ -71,24 +72,83 @@ def _stretch_to_8bit(pixels) -> Image.Image:
     return Image.fromarray(np.clip(scaled.round(), 0, 255).astype(np.uint8), mode="L")
 
 
+#: What pydicom and numpy raise on a file that is not the DICOM it claims to be (a DICM magic followed by
+#: garbage, a cut-off element, a value of the wrong type). They are properties of the file, so they become a
+#: counted unreadable image, like Pillow's errors for a broken PNG.
+_DICOM_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OSError, EOFError, struct.error,
+                 NotImplementedError, RuntimeError, UnicodeError, OverflowError)
+#: What decodes the compressed transfer syntaxes Pillow does not (JPEG-LS, JPEG lossless, HTJ2K): the
+#: `dicom` extra installs pylibjpeg with its libjpeg and openjpeg plugins; GDCM is pydicom's other choice.
+DICOM_DECODER_HINT = "pip install 'llavarad[dicom]' (pylibjpeg + pylibjpeg-libjpeg + pylibjpeg-openjpeg) or GDCM"
+
+
+def _dicom_pixels(ds):
+    """The pixel array, or ImageProblem saying why there is none (no pixel data, no decoder, a bad stream)."""
+    from pydicom.pixels import get_decoder
+
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageProblem(Skip.UNREADABLE_IMAGE, "DICOM file without pixel data")
+    rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)  # pydicom decodes every frame
+    if Image.MAX_IMAGE_PIXELS and rows * columns * frames > 2 * Image.MAX_IMAGE_PIXELS:
+        # Pillow's decompression-bomb bound: a few header bytes must not make us allocate gigabytes.
+        raise ImageProblem(Skip.UNREADABLE_IMAGE,
+                           f"DICOM of {frames} x {columns}x{rows} pixels, over the decompression-bomb limit")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None and syntax.is_compressed:
+        try:
+            available = get_decoder(syntax).is_available
+        except NotImplementedError:
+            raise ImageProblem(Skip.UNREADABLE_IMAGE,
+                               f"DICOM transfer syntax {syntax} is not one any decoder reads") from None
+        if not available:
+            raise ImageProblem(Skip.UNREADABLE_IMAGE, f"DICOM pixel data is {syntax.name}, which no installed decoder "
+                                                   f"reads: {DICOM_DECODER_HINT}")
+    try:
+        return ds.pixel_array
+    except _DICOM_ERRORS as exc:
+        raise ImageProblem(Skip.UNREADABLE_IMAGE, f"DICOM pixel data cannot be decoded: {_first_line(exc)}") from None
+
+
 def read_dicom(path: Path) -> Image.Image:
-    """Modality LUT, then the VOI LUT or window, then MONOCHROME1 inverted so bone is bright, as 8-bit L."""
+    """Modality LUT, then the VOI LUT or window, then MONOCHROME1 inverted so bone is bright, as 8-bit L.
+
+    Every problem of the file (not DICOM after all, no pixel data, a codec nothing installed decodes, damaged
+    content) is an ``ImageProblem``, so `prepare`, `infer` and training all count it and go on.
+    """
     import numpy as np
     import pydicom
+    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    ds = pydicom.dcmread(str(path))
-    pixels = ds.pixel_array
-    if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # multi-frame: the first frame
-    if getattr(ds, "SamplesPerPixel", 1) == 3:
-        return Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="RGB")
-    pixels = apply_modality_lut(pixels, ds)
-    pixels = apply_voi_lut(pixels, ds)
-    image = _stretch_to_8bit(pixels)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        image = Image.eval(image, lambda v: 255 - v)
-    return image
+    try:
+        ds = pydicom.dcmread(str(path))
+    except InvalidDicomError as exc:
+        raise ImageProblem(Skip.UNREADABLE_IMAGE, f"not a valid DICOM file: {_first_line(exc)}") from None
+    except _DICOM_ERRORS as exc:
+        raise ImageProblem(Skip.UNREADABLE_IMAGE, f"damaged DICOM file: {_first_line(exc)}") from None
+    try:
+        pixels = _dicom_pixels(ds)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        if (pixels.ndim == 3 and samples == 1) or pixels.ndim == 4:
+            pixels = pixels[0]  # multi-frame: the first frame
+        if samples == 3:
+            return Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="RGB")
+        pixels = apply_modality_lut(pixels, ds)
+        pixels = apply_voi_lut(pixels, ds)
+        if pixels.ndim != 2:
+            raise ValueError(f"pixel array of shape {pixels.shape}, not one grayscale frame")
+        image = _stretch_to_8bit(pixels)
+        if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            image = Image.eval(image, lambda v: 255 - v)
+        return image
+    except _DICOM_ERRORS as exc:  # pydicom parses elements lazily: a damaged one fails here
+        raise ImageProblem(Skip.UNREADABLE_IMAGE, f"DICOM pixel data cannot be used: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -113,7 +173,10 @@ def load_image(path: Path) -> Image.Image:
         raise ImageProblem(Skip.MISSING_IMAGE, f"image not found: {path}")
     try:
         if is_dicom(path):
-            return read_dicom(path).convert("RGB")
+            try:
+                return read_dicom(path).convert("RGB")
+            except ImageProblem as problem:
+                raise ImageProblem(problem.kind, f"cannot read image {path}: {problem.detail}") from None
         try:
             return _open_rgb(path)
         except OSError as exc:
@@ -131,9 +194,8 @@ def load_image(path: Path) -> Image.Image:
                 ImageFile.LOAD_TRUNCATED_IMAGES = previous
     except ImageProblem:
         raise
-    except (*IMAGE_ERRORS, AttributeError, KeyError, TypeError) as exc:
-        # pydicom reports a file without pixel data or an unknown transfer syntax with these too.
-        raise ImageProblem(Skip.UNREADABLE_IMAGE, f"cannot read image {path}: {str(exc).splitlines()[0][:200]}") from None
+    except (*IMAGE_ERRORS, AttributeError, KeyError, TypeError) as exc:  # some Pillow plugins, on bad headers
+        raise ImageProblem(Skip.UNREADABLE_IMAGE, f"cannot read image {path}: {_first_line(exc)}") from None
 
 
 def load_image_or_fail(path: Path) -> Image.Image:

@@ -26,6 +26,7 @@ from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from llavarad_cli.data.images import ImageProblem, is_dicom, read_dicom
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import atomic_write_bytes
 
@@ -108,7 +109,13 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def encode_copy(source: Path, size: int) -> bytes:
-    """`source` as JPEG bytes with shortest side `size`. Raises one of `_DECODE_ERRORS` on a bad image."""
+    """`source` as JPEG bytes with shortest side `size`. Raises one of `_DECODE_ERRORS` or `ImageProblem`
+    (DICOM) on a bad image."""
+    if is_dicom(source):
+        # The model-input reader's DICOM path (LUTs, window, MONOCHROME1), so a copy looks like what infer
+        # would make of the original. It returns 8-bit pixels: only the resize is left.
+        pixels = read_dicom(source)
+        return _jpeg_bytes(pixels, target_size(*pixels.size, size))
     with Image.open(source) as image:
         width, height = image.size
         new_size = target_size(width, height, size)
@@ -124,11 +131,14 @@ def encode_copy(source: Path, size: int) -> bytes:
             # Decode at the smallest 1/1, 1/2, 1/4 or 1/8 scale that is still at least new_size.
             image.draft("L" if image.mode == "L" else "RGB", new_size)
         image.load()
-        pixels = _to_8bit(image)
-        if pixels.size != new_size:
-            pixels = pixels.resize(new_size, RESAMPLE, reducing_gap=REDUCING_GAP)
-        buffer = io.BytesIO()
-        pixels.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        return _jpeg_bytes(_to_8bit(image), new_size)
+
+
+def _jpeg_bytes(pixels: Image.Image, new_size: tuple[int, int]) -> bytes:
+    if pixels.size != new_size:
+        pixels = pixels.resize(new_size, RESAMPLE, reducing_gap=REDUCING_GAP)
+    buffer = io.BytesIO()
+    pixels.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 
@@ -147,7 +157,11 @@ def check_image(source: Path) -> None:
     """Decode the image, as cheaply as the format allows, so truncated and corrupt files are caught here.
 
     A JPEG is decoded at 1/8 scale (entropy decoding plus DC coefficients only), which still reads every byte.
+    A DICOM goes through the model-input reader, so what passes here is what infer and training can read.
     """
+    if is_dicom(source):
+        read_dicom(source)
+        return
     with Image.open(source) as image:
         if image.format == "JPEG":
             image.draft("L" if image.mode == "L" else "RGB", (1, 1))
@@ -165,6 +179,8 @@ def run_job(job: ImageJob) -> ImageResult:
             check_image(job.source)
             return ImageResult(job.index, "ok")
         data = encode_copy(job.source, job.size)
+    except ImageProblem as problem:
+        return ImageResult(job.index, "unreadable_image", problem.detail[:200])
     except _DECODE_ERRORS as exc:
         # The summary already names the image; keep Pillow's reason without the long absolute path.
         message = " ".join(str(exc).replace(f"'{job.source}'", "").split()) or type(exc).__name__
