@@ -183,7 +183,7 @@ def test_records_and_skips(tmp_path, reports):
     assert examples["no_split"] == ["p10/p10002013/s56000005/d11.jpg"]
     report_where = "mimic-cxr-reports.zip:" if reports != "tree" else ""
     assert examples["no_report"] == [f"{report_where}p10/p10000935/s51178377.txt"]
-    assert examples["unreadable_report"] == [f"{report_where}p10/p10001176/s53000002.txt"]
+    assert examples["unreadable_report"] == [f"{report_where}p10/p10001176/s53000002.txt (not UTF-8)"]
     assert examples["no_findings"] == [f"{report_where}p10/p10000898/s50771383.txt"]
     assert examples["duplicate"] == ["p10/p10000032/s50414267/d01.jpg (mimic-cxr-2.0.0-metadata.csv.gz line 16)"]
     assert summary["total_skipped"] == 12
@@ -351,3 +351,28 @@ def test_full_disk_while_writing_the_records_leaves_no_partial_file(tmp_path, mo
     assert err.value.strerror == "No space left on device" and err.value.filename == str(out / "train.json")
     assert {name: (out / name).read_bytes() for name in before} == before  # the previous run's files, whole
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("reports", ["zip-inside", "tree"])
+def test_report_that_inflates_past_the_limit_is_an_unreadable_report_not_read_whole(tmp_path, reports):
+    # A zip bomb among the reports: a few KB compressed, megabytes (in real ones gigabytes) once inflated.
+    from llavarad_cli.data.reports import MAX_REPORT_BYTES, ReportStore
+
+    mimic = build_tree(tmp_path, reports, chexpert=False)
+    bomb = " FINDINGS: " + "The lungs are clear. " * (2 * MAX_REPORT_BYTES // 21)
+    rel = _report_rel("10000032", "50414267")
+    if reports == "tree":
+        (mimic / rel).write_text(bomb)
+    else:
+        with zipfile.ZipFile(mimic / "mimic-cxr-reports.zip", "a", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("other/" + rel, bomb)  # a second member for the same study; the last one wins
+        assert (mimic / "mimic-cxr-reports.zip").stat().st_size < 100_000
+    out = tmp_path / "out"
+    result = _run("--mimic-dir", mimic, "--out", out, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "prepare-summary.json").read_text())
+    unreadable = summary["skipped"]["unreadable_report"]
+    assert unreadable["count"] == 2  # d01 and d02 share the study
+    assert any("s50414267.txt" in example and "larger than 1 MiB" in example for example in unreadable["examples"])
+    assert not (out / "train.json").exists() or all(r["study_id"] != "50414267"
+                                                     for r in json.loads((out / "train.json").read_text()))

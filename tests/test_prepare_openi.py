@@ -99,3 +99,47 @@ def test_open_i_names():
 def test_bad_split_is_a_user_error(data_dir, tmp_path):
     result = CliRunner().invoke(app, [*_openi_args(data_dir), "--split", "validation", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--split 'validation'" in result.output
+
+
+def _small_openi(data_dir, tmp_path, extra_projection_rows):
+    """The real reports, and the first frontal rows of the real projections plus `extra_projection_rows`."""
+    lines = (data_dir / "openi" / "indiana_projections.csv").read_text().splitlines()
+    projections = tmp_path / "projections.csv"
+    projections.write_text("\n".join([*lines[:13], *extra_projection_rows]) + "\n")
+    return ["prepare", "--openi-reports", str(data_dir / "openi" / "indiana_reports.csv"),
+            "--openi-projections", str(projections)], lines
+
+
+def test_a_repeated_projection_row_is_a_counted_duplicate_and_infer_reads_the_records(data_dir, tmp_path):
+    from llavarad_cli.infer.queries import read_queries
+
+    lines = (data_dir / "openi" / "indiana_projections.csv").read_text().splitlines()
+    frontal = next(line for line in lines[1:] if line.split(",")[2] == "Frontal")
+    uid, name, view = frontal.split(",")
+    # The same row again, and the same image under its Open-I name: both would repeat the record id.
+    args, _ = _small_openi(data_dir, tmp_path, [frontal, f"{uid},CXR{name.replace('.dcm.png', '.png')},{view}"])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "test.json").read_text())
+    assert len({r["id"] for r in records}) == len(records)
+    duplicate = json.loads((out / "prepare-summary.json").read_text())["skipped"]["duplicate"]
+    assert duplicate["count"] == 2 and duplicate["examples"][0].endswith("(projections.csv line 14)")
+    assert len(read_queries(out / "test.json").queries) == len(records)
+
+
+def test_a_field_over_the_csv_limit_is_a_counted_bad_row_and_the_rest_is_read(data_dir, tmp_path):
+    lines = (data_dir / "openi" / "indiana_projections.csv").read_text().splitlines()
+    huge = '9999,"' + "x" * 200_000 + '",Frontal'  # over Python's 128 KiB field limit
+    args, _ = _small_openi(data_dir, tmp_path, [huge, lines[13]])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "prepare-summary.json").read_text())
+    bad = summary["skipped"]["bad_row"]
+    assert bad["count"] == 1 and bad["examples"][0].startswith("projections.csv line 14 (field larger than")
+    (tmp_path / "plain").mkdir()
+    kept_before = CliRunner().invoke(app, [*_small_openi(data_dir, tmp_path / "plain", [lines[13]])[0],
+                                           "--out", str(tmp_path / "plain-out")])
+    assert kept_before.exit_code == 0, kept_before.output
+    assert json.loads((out / "test.json").read_text()) == json.loads((tmp_path / "plain-out" / "test.json").read_text())

@@ -43,33 +43,34 @@ def image_path(subject_id: str, study_id: str, dicom_id: str) -> str:
     return f"p{subject_id[:2]}/p{subject_id}/s{study_id}/{dicom_id}.jpg"
 
 
-def _read_splits(path: Path) -> dict[str, str]:
-    return {row["dicom_id"].strip(): row["split"].strip() for _, row in read_rows(path, ("dicom_id", "split"))}
+def _read_splits(path: Path, skips: Skips) -> dict[str, str]:
+    return {row["dicom_id"].strip(): row["split"].strip()
+            for _, row in read_rows(path, ("dicom_id", "split"), skips)}
 
 
-def _read_chexpert(path: Path) -> dict[str, dict[str, str]]:
+def _read_chexpert(path: Path, skips: Skips) -> dict[str, dict[str, str]]:
     labels = {}
-    for _, row in read_rows(path, ("study_id",)):
+    for _, row in read_rows(path, ("study_id",), skips):
         labels[_id(row["study_id"], "s")] = {name: row.get(name, "") for name in CHEXPERT_LABELS}
     return labels
 
 
-def _study_text(store: ReportStore, subject_id: str, study_id: str) -> ReportSections | str:
-    """The study's sections, or the skip reason that applies to its report."""
+def _study_text(store: ReportStore, subject_id: str, study_id: str) -> ReportSections | tuple[Skip, str]:
+    """The study's sections, or the skip reason that applies to its report (with why, when there is more to say)."""
     try:
         raw = store.read(subject_id, study_id)
-    except UnreadableReport:
-        return Skip.UNREADABLE_REPORT
+    except UnreadableReport as exc:
+        return Skip.UNREADABLE_REPORT, str(exc)
     if raw is None:
-        return Skip.NO_REPORT
+        return Skip.NO_REPORT, ""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return Skip.UNREADABLE_REPORT
+        return Skip.UNREADABLE_REPORT, "not UTF-8"
     if not text.strip():
-        return Skip.EMPTY_REPORT
+        return Skip.EMPTY_REPORT, ""
     sections = extract_sections(text)
-    return sections if sections.findings else Skip.NO_FINDINGS
+    return sections if sections.findings else (Skip.NO_FINDINGS, "")
 
 
 def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
@@ -82,16 +83,16 @@ def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
     reports_path = Path(reports) if reports is not None else default_reports(mimic_dir)
     store = ReportStore(reports_path)
 
-    splits = _read_splits(split_path)
-    chexpert = _read_chexpert(chexpert_path) if chexpert_path else None
-    image_root = mimic_dir / "files"
     skips = Skips()
+    splits = _read_splits(split_path, skips)
+    chexpert = _read_chexpert(chexpert_path, skips) if chexpert_path else None
+    image_root = mimic_dir / "files"
     candidates: list[Candidate] = []
-    studies: dict[str, ReportSections | str] = {}
+    studies: dict[str, ReportSections | tuple[Skip, str]] = {}
     seen: set[str] = set()
 
     try:
-        for line, row in read_rows(metadata_path, ("dicom_id", "subject_id", "study_id", "ViewPosition")):
+        for line, row in read_rows(metadata_path, ("dicom_id", "subject_id", "study_id", "ViewPosition"), skips):
             subject_id, study_id = _id(row["subject_id"], "p"), _id(row["study_id"], "s")
             dicom_id = row["dicom_id"].strip()
             if not (_NUMERIC.match(subject_id) and _NUMERIC.match(study_id) and _DICOM.match(dicom_id)):
@@ -113,8 +114,9 @@ def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
             if study_id not in studies:
                 studies[study_id] = _study_text(store, subject_id, study_id)
             sections = studies[study_id]
-            if isinstance(sections, str):
-                skips.add(sections, store.describe(subject_id, study_id))
+            if isinstance(sections, tuple):
+                reason, why = sections
+                skips.add(reason, store.describe(subject_id, study_id) + (f" ({why})" if why else ""))
                 continue
             record = make_record(
                 id=f"{subject_id}_{study_id}_{dicom_id}", subject_id=subject_id, study_id=study_id,
@@ -127,7 +129,7 @@ def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
     finally:
         store.close()
 
-    if studies and all(value == "no_report" for value in studies.values()):
+    if studies and all(isinstance(value, tuple) and value[0] == Skip.NO_REPORT for value in studies.values()):
         raise UserError(f"no report found for any of the {len(studies)} studies in {reports_path}",
                         hint="pass --reports mimic-cxr-reports.zip (or the folder it unpacks to)")
     return SourceResult(

@@ -56,19 +56,26 @@ def load_openi(reports_csv: Path, projections_csv: Path, images: Path | None = N
     if images is not None and not Path(images).is_dir():
         raise UserError(f"{images}: --openi-images is not a folder")
 
+    skips = Skips()
     reports: dict[str, dict[str, str]] = {}
-    for _, row in read_rows(reports_csv, ("uid", "indication", "findings", "impression")):
+    for _, row in read_rows(reports_csv, ("uid", "indication", "findings", "impression"), skips):
         reports[row["uid"].strip()] = row
     index = _index_images(Path(images)) if images is not None else None
 
-    skips = Skips()
     candidates: list[Candidate] = []
-    for line, row in read_rows(projections_csv, ("uid", "filename", "projection")):
+    seen: set[str] = set()
+    for line, row in read_rows(projections_csv, ("uid", "filename", "projection"), skips):
         uid, filename = row["uid"].strip(), row["filename"].strip()
         stem = openi_stem(filename)
         if not uid or stem is None:
             skips.add(Skip.BAD_ROW, f"{Path(projections_csv).name} line {line}")
             continue
+        # The stem is the record id: a row listed twice (or under both naming schemes) would write the same
+        # id twice, and `infer` refuses a records file with repeated ids. The first row counts, as for MIMIC.
+        if stem in seen:
+            skips.add(Skip.DUPLICATE, f"{filename} ({Path(projections_csv).name} line {line})")
+            continue
+        seen.add(stem)
         projection = row["projection"].strip()
         if projection.lower() != "frontal":
             skips.add(Skip.NOT_FRONTAL, f"{filename} ({projection or 'no view'})")

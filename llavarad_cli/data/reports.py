@@ -12,6 +12,12 @@ from llavarad_cli.errors import UserError
 # Any prefix before the pXX/p<subject>/s<study>.txt tail is accepted: zips are sometimes re-packed with a top folder.
 _MEMBER = re.compile(r"(?:^|/)p\d\d/p(\d+)/s(\d+)\.txt$")
 
+#: The most bytes one report may have. MIMIC-CXR reports are a few KB; without a bound, one zip member that
+#: inflates to gigabytes (a zip bomb: a few KB compressed) would be read into memory whole. A bigger report is
+#: counted as unreadable, with this reason.
+MAX_REPORT_BYTES = 1 << 20
+TOO_BIG = f"larger than {MAX_REPORT_BYTES >> 20} MiB, not a report"
+
 
 class UnreadableReport(Exception):
     """The report exists but its bytes cannot be read (damaged zip member, permissions, a folder)."""
@@ -55,15 +61,21 @@ class ReportStore:
             name = self._members.get(study_id)
             if name is None:
                 return None
+            # The size the zip declares is checked first (free), then the bytes really read are bounded too:
+            # the declared size is only a claim of the file's.
+            if self._zip.getinfo(name).file_size > MAX_REPORT_BYTES:
+                raise UnreadableReport(TOO_BIG)
             try:
-                return self._zip.read(name)
+                with self._zip.open(name) as member:
+                    return _read_bounded(member)
             # A damaged deflate stream raises zlib.error; an encrypted member RuntimeError; an unsupported
             # compression method (Deflate64 from some re-packers) NotImplementedError.
             except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as exc:
                 raise UnreadableReport(str(exc)) from None
         path = self.root / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}.txt"
         try:
-            return path.read_bytes()
+            with open(path, "rb") as fh:
+                return _read_bounded(fh)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -72,6 +84,13 @@ class ReportStore:
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+
+
+def _read_bounded(fh) -> bytes:
+    data = fh.read(MAX_REPORT_BYTES + 1)
+    if len(data) > MAX_REPORT_BYTES:
+        raise UnreadableReport(TOO_BIG)
+    return data
 
 
 def default_reports(mimic_dir: Path) -> Path:
