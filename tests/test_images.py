@@ -234,3 +234,29 @@ def test_broken_dicom_files_are_counted_problems_not_crashes(tmp_path, case):
     with pytest.raises(ImageProblem) as err:
         load_image(path)
     assert err.value.kind == "unreadable_image" and "bad.dcm" in err.value.detail
+
+
+def test_a_symlink_inside_the_image_folder_that_leads_outside_is_refused(tmp_path):
+    secret = tmp_path / "private" / "id_rsa.png"
+    secret.parent.mkdir()
+    Image.new("L", (8, 8)).save(secret)
+    root = tmp_path / "images"
+    (root / "p10").mkdir(parents=True)
+    (root / "p10" / "x.png").symlink_to(secret)
+    (root / "p11").symlink_to(secret.parent, target_is_directory=True)
+    for relative in ("p10/x.png", "p11/id_rsa.png", "mimic/p10/x.png"):
+        with pytest.raises(ImageProblem) as err:
+            resolve_image_path(root, relative)
+        assert err.value.kind == "image_outside_folder" and "symbolic link" in err.value.detail
+
+
+def test_symlinks_that_stay_inside_and_an_image_folder_that_is_itself_a_link_keep_working(tmp_path):
+    real = tmp_path / "disk2" / "files"
+    (real / "p10").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(real / "p10" / "a.png")
+    (real / "p10" / "b.png").symlink_to(real / "p10" / "a.png")
+    (real / "p12").symlink_to(real / "p10", target_is_directory=True)
+    root = tmp_path / "files"
+    root.symlink_to(real, target_is_directory=True)  # the dataset lives on another disk
+    for relative in ("p10/a.png", "p10/b.png", "p12/a.png"):
+        assert load_image(resolve_image_path(root, relative)).size == (8, 8)

@@ -143,3 +143,23 @@ def test_a_field_over_the_csv_limit_is_a_counted_bad_row_and_the_rest_is_read(da
                                            "--out", str(tmp_path / "plain-out")])
     assert kept_before.exit_code == 0, kept_before.output
     assert json.loads((out / "test.json").read_text()) == json.loads((tmp_path / "plain-out" / "test.json").read_text())
+
+
+def test_an_image_that_is_a_symlink_out_of_the_image_folder_is_not_read(data_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(data_dir / "cxr-images" / "iu" / "CXR7_IM-2263-1001.png", images)
+    outside = tmp_path / "elsewhere" / "someone-elses.png"
+    outside.parent.mkdir()
+    shutil.copy(data_dir / "cxr-images" / "iu" / "CXR3_IM-1384-1001.png", outside)
+    (images / "CXR1_IM-0001-4001.png").symlink_to(outside)  # uid 1's frontal image, a study with findings
+    for size in ([], ["--image-size", "64"]):
+        out = tmp_path / f"out{len(size)}"
+        result = CliRunner().invoke(app, [*_openi_args(data_dir), "--openi-images", str(images), *size,
+                                          "--workers", "1", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert [r["id"] for r in json.loads((out / "test.json").read_text())] == ["CXR7_IM-2263-1001"]
+        outside_folder = json.loads((out / "prepare-summary.json").read_text())["skipped"]["image_outside_folder"]
+        assert outside_folder["count"] == 1
+        assert outside_folder["examples"] == ["CXR1_IM-0001-4001.png (a symbolic link out of the image folder)"]
+        assert not (out / "images" / "CXR1_IM-0001-4001.jpg").exists()

@@ -5,6 +5,7 @@ Also resolves image paths from data files inside their root folder, refusing pat
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import threading
@@ -30,9 +31,9 @@ class ImageProblem(Exception):
 
 
 def resolve_image_path(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing anything that leaves ``root`` (``../``, absolute paths elsewhere).
+    """``root / relative``, refusing anything that leaves ``root``: ``../``, absolute paths elsewhere, and
+    symbolic links inside ``root`` that lead outside it (see `confine`).
 
-    The check is lexical, so symlinks inside a data folder (common for big datasets) keep working.
     PhysioNet annotation paths start with ``mimic/``; like the reference loader, that prefix is dropped when the
     path does not exist as written (``--image-folder`` then points at MIMIC-CXR-JPG's ``files/``).
     """
@@ -47,8 +48,29 @@ def resolve_image_path(root: Path, relative: str) -> Path:
         stripped = os.path.normpath(os.path.join(root_norm, os.path.expanduser(relative.strip()[len("mimic/"):])))
         # Checked again: `mimic/../x` stays inside as written but would climb out once `mimic/` is dropped.
         if stripped.startswith(root_norm + os.sep) and Path(stripped).exists():
-            return Path(stripped)
+            return confine(Path(root_norm), Path(stripped), relative)
+    return confine(Path(root_norm), path, relative)
+
+
+def confine(root: Path, path: Path, shown: str) -> Path:
+    """``path``, if it is still inside ``root`` once every symbolic link in both is followed.
+
+    A lexical check alone lets a link inside the image folder read any file the user can (``x.png ->
+    /home/them/.ssh/id_rsa``) from a records file someone else wrote. The folder itself may be a link (a dataset
+    on another disk): it is followed too, and what counts is where the images really are. One function, used
+    by `resolve_image_path` (infer, training) and by prepare's image step.
+    """
+    real_root = _real_folder(str(root))
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ImageProblem(Skip.IMAGE_OUTSIDE_FOLDER,
+                           f"image path {shown!r} leads out of the image folder {root} through a symbolic link")
     return path
+
+
+@functools.lru_cache(maxsize=16)
+def _real_folder(root: str) -> str:
+    return os.path.realpath(root)
 
 
 def is_dicom(path: Path) -> bool:

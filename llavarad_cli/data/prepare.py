@@ -19,6 +19,7 @@ from llavarad_cli.data.records import SPLIT_FILES, Candidate, SourceResult
 from llavarad_cli.data.resize import ImageJob, default_workers, run_jobs
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
+from llavarad_cli.skips import Skip
 
 SUMMARY_FILE = "prepare-summary.json"
 IMAGES_DIR = "images"
@@ -95,7 +96,7 @@ def process_images(candidates: list[Candidate], source: SourceResult, out: Path,
     for number, (source_image, indexes) in enumerate(users.items()):
         rel = candidates[indexes[0]].record["image"]
         target = images / _copy_path(rel) if image_size is not None else None
-        jobs.append(ImageJob(number, source_image, target, image_size))
+        jobs.append(ImageJob(number, source_image, target, image_size, source.image_root))
     job_users = list(users.values())
 
     checked = sum(len(indexes) for indexes in job_users)
@@ -111,9 +112,9 @@ def process_images(candidates: list[Candidate], source: SourceResult, out: Path,
         last = 0.0
         for result in run_jobs(jobs, workers):
             indexes = job_users[result.index]
-            if result.status in ("missing_image", "unreadable_image"):
+            if result.status in (Skip.MISSING_IMAGE, Skip.UNREADABLE_IMAGE, Skip.IMAGE_OUTSIDE_FOLDER):
                 failed.update(indexes)
-                detail = f" ({result.detail})" if result.status == "unreadable_image" and result.detail else ""
+                detail = f" ({result.detail})" if result.status != Skip.MISSING_IMAGE and result.detail else ""
                 for index in indexes:
                     source.skips.add(result.status, f"{candidates[index].record['image']}{detail}")
             else:

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from llavarad_cli.data.images import ImageProblem, is_dicom, read_dicom
+from llavarad_cli.data.images import ImageProblem, confine, is_dicom, read_dicom
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import atomic_write_bytes
 
@@ -50,12 +50,14 @@ class ImageJob:
     #: Where the resized copy goes; None = only check that the image opens.
     target: Path | None
     size: int | None
+    #: The image folder `source` must stay inside, symbolic links followed (None: not checked).
+    root: Path | None = None
 
 
 @dataclass(frozen=True)
 class ImageResult:
     index: int
-    status: str  # "ok", "written", "reused", "missing_image" or "unreadable_image"
+    status: str  # "ok", "written", "reused", "missing_image", "unreadable_image" or "image_outside_folder"
     detail: str = ""
 
 
@@ -170,6 +172,11 @@ def check_image(source: Path) -> None:
 
 def run_job(job: ImageJob) -> ImageResult:
     """One image's result. Only reading the source is guarded: an OSError writing the copy propagates."""
+    if job.root is not None:
+        try:
+            confine(job.root, job.source, job.source.name)
+        except ImageProblem as problem:
+            return ImageResult(job.index, str(problem.kind), "a symbolic link out of the image folder")
     if job.target is not None and job.target.is_file() and copy_is_usable(job.target):
         return ImageResult(job.index, "reused")
     try:
@@ -180,7 +187,7 @@ def run_job(job: ImageJob) -> ImageResult:
             return ImageResult(job.index, "ok")
         data = encode_copy(job.source, job.size)
     except ImageProblem as problem:
-        return ImageResult(job.index, "unreadable_image", problem.detail[:200])
+        return ImageResult(job.index, str(problem.kind), problem.detail[:200])
     except _DECODE_ERRORS as exc:
         # The summary already names the image; keep Pillow's reason without the long absolute path.
         message = " ".join(str(exc).replace(f"'{job.source}'", "").split()) or type(exc).__name__
