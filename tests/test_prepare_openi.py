@@ -163,3 +163,31 @@ def test_an_image_that_is_a_symlink_out_of_the_image_folder_is_not_read(data_dir
         assert outside_folder["count"] == 1
         assert outside_folder["examples"] == ["CXR1_IM-0001-4001.png (a symbolic link out of the image folder)"]
         assert not (out / "images" / "CXR1_IM-0001-4001.jpg").exists()
+
+
+def test_control_characters_from_the_csv_reach_the_terminal_as_escapes(data_dir, tmp_path):
+    from rich.console import Console
+
+    from llavarad_cli.data.prepare import summary_table
+
+    projections = tmp_path / "projections.csv"
+    projections.write_text("uid,filename,projection\n1,1_IM-\x1b[2J\x1b]0;owned\x07.dcm.png,Lateral\n"
+                           "9\x1b[2J9,9_IM-1-1.dcm.png,Frontal\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", "--openi-reports", str(data_dir / "openi" / "indiana_reports.csv"),
+                                      "--openi-projections", str(projections), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    summary = json.loads((out / "prepare-summary.json").read_text())
+    wide = Console(width=300, record=True, force_terminal=False)
+    wide.print(summary_table(summary))
+    text = wide.export_text()
+    assert "1_IM-\\x1b[2J\\x1b]0;owned\\x07.dcm.png (Lateral)" in text and "uid 9\\x1b[2J9" in text
+    assert "\x1b" not in text
+
+    header = tmp_path / "header.csv"
+    header.write_text("uid,\x1b[2Jfilename,projection\n1,a.png,Frontal\n")
+    result = CliRunner().invoke(app, ["prepare", "--openi-reports", str(data_dir / "openi" / "indiana_reports.csv"),
+                                      "--openi-projections", str(header), "--out", str(tmp_path / "out2")])
+    assert result.exit_code == 2 and "missing column(s) filename" in result.output
+    assert "\x1b" not in result.output and "\\x1b[2Jfilename" in result.output

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from llavarad_cli.console import safe
 from llavarad_cli.data.records import SPLIT_FILES, Candidate, SourceResult
 from llavarad_cli.data.resize import ImageJob, default_workers, run_jobs
 from llavarad_cli.errors import UserError
@@ -183,8 +183,12 @@ def prepare(out: Path, *, image_size: int | None = None, workers: int | None = N
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """The summary as a table: records per split, then every skip reason with its first examples."""
-    table = Table(title=f"prepare: {summary['source']}", show_header=True)
+    """The summary as a table: records per split, then every skip reason with its first examples.
+
+    Examples and paths came from the input (file names, CSV values, report locations): `safe` shows their
+    control characters as escapes, so an ESC in a file name cannot clear or retitle the user's terminal.
+    """
+    table = Table(title=f"prepare: {safe(summary['source'])}", show_header=True)
     table.add_column("item", style="bold")
     table.add_column("count", justify="right")
     table.add_column("first examples", overflow="fold")
@@ -194,13 +198,13 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for reason in summary["skipped"].values():
         style = "yellow" if reason["count"] else "dim"
         examples = "; ".join(reason["examples"][:3])
-        table.add_row(f"[{style}]skipped: {reason['label']}[/]", f"[{style}]{reason['count']}[/]", escape(examples))
+        table.add_row(f"[{style}]skipped: {reason['label']}[/]", f"[{style}]{reason['count']}[/]", safe(examples))
     table.add_row("skipped: total", str(summary["total_skipped"]), "", end_section=True)
     images = summary["images"]
     if images["image_size"] is not None:
-        table.add_row("images: written / reused", f"{images['written']} / {images['reused']}", escape(images["root"]))
+        table.add_row("images: written / reused", f"{images['written']} / {images['reused']}", safe(images["root"]))
     elif images["checked"]:
-        table.add_row("images: checked", str(images["checked"]), escape(images["root"] or ""))
+        table.add_row("images: checked", str(images["checked"]), safe(images["root"] or ""))
     if images["not_checked"]:
         table.add_row("images: not checked", str(images["not_checked"]), "no image folder given")
     return table
