@@ -376,3 +376,31 @@ def test_report_that_inflates_past_the_limit_is_an_unreadable_report_not_read_wh
     assert any("s50414267.txt" in example and "larger than 1 MiB" in example for example in unreadable["examples"])
     assert not (out / "train.json").exists() or all(r["study_id"] != "50414267"
                                                      for r in json.loads((out / "train.json").read_text()))
+
+
+def test_a_killed_image_worker_is_one_line_and_the_rerun_finishes(tmp_path, monkeypatch):
+    import signal
+
+    from test_prepare_resize import _kill_myself_on
+
+    from llavarad_cli.data import resize
+
+    mimic = build_tree(tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setattr(resize, "encode_copy", _kill_myself_on("d04.jpg", "encode_copy"))
+    previous = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("prepare still waiting on a dead worker"))
+    signal.alarm(120)  # not a time limit on the work: the old pool waited forever, and a test must not
+    try:
+        result = _run("--mimic-dir", mimic, "--out", out, "--image-size", 40, "--workers", 2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error: an image worker process died") and "run the same command again" in lines[-1]
+    assert "Traceback" not in result.output
+    assert not (out / "train.json").exists() and not (out / "prepare-summary.json").exists()
+    monkeypatch.undo()
+    again = _run("--mimic-dir", mimic, "--out", out, "--image-size", 40, "--workers", 2)
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "prepare-summary.json").read_text())["total_records"] == 3

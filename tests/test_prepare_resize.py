@@ -217,21 +217,22 @@ def test_full_disk_in_a_worker_stops_the_pool_with_the_same_error(tmp_path, monk
     assert err.value.filename.startswith(str(tmp_path / "copies"))
 
 
-def _kill_myself_on(name):
-    """A check_image that dies like a worker taken by the OOM killer when it reaches the image `name`."""
+def _kill_myself_on(name, function="check_image"):
+    """resize.`function` (called with the source first), dying like a worker taken by the OOM killer when it
+    reaches the image `name`."""
     import os
     import signal
 
     from llavarad_cli.data import resize
 
-    real = resize.check_image
+    real = getattr(resize, function)
 
-    def check_or_die(source):
+    def or_die(source, *args):
         if source.name == name:
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(source)
+        return real(source, *args)
 
-    return check_or_die
+    return or_die
 
 
 def test_a_killed_worker_ends_the_run_with_one_clear_error_instead_of_hanging(tmp_path, monkeypatch):
