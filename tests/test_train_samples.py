@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from llavarad_cli.prompts import IGNORE_INDEX, IMAGE_TOKEN_INDEX, conversations
-from llavarad_cli.train.samples import (Sample, SampleProblem, build_sample, build_v1, reference_v1_labels,
-                                        text_budget, truncate)
+from llavarad_cli.prompts import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, V1_ROLES, V1_SEP, V1_SEP2, conversations,
+                                  render_v1_training, tokenizer_image_token)
+from llavarad_cli.train.samples import Sample, SampleProblem, build_sample, build_v1, text_budget, truncate
 
 DATA = Path(__file__).parent / "data"
 FINDINGS = ("The cardiac contours are normal. XXXX basilar atelectasis. The lungs are clear. "
@@ -34,6 +34,32 @@ def llama_tok(tmp_path_factory):
     from llavarad_cli.model.loading import load_tokenizer
 
     return load_tokenizer(str(root))
+
+
+def reference_v1_labels(query: str, answer: str, tokenizer) -> tuple[list[int], list[int], bool]:
+    """The reference's own ``preprocess_v1`` masking, rewritten here to prove ``build_v1`` agrees with it.
+
+    Returns (ids, labels, mismatch); on a mismatch the reference would have masked the whole sample.
+    """
+    text = render_v1_training(query, answer)
+    ids = tokenizer_image_token(text, tokenizer)
+    labels = list(ids)
+    sep = V1_SEP + V1_ROLES[1] + ": "
+    cur = 1
+    labels[0] = IGNORE_INDEX
+    for rnd in text.split(V1_SEP2):
+        if rnd == "":
+            break
+        parts = rnd.split(sep)
+        if len(parts) != 2:
+            break
+        parts[0] += sep
+        round_len = len(tokenizer_image_token(rnd, tokenizer))
+        instr_len = len(tokenizer_image_token(parts[0], tokenizer)) - 2
+        labels[cur: cur + instr_len] = [IGNORE_INDEX] * len(labels[cur: cur + instr_len])
+        cur += round_len
+    labels[cur:] = [IGNORE_INDEX] * len(labels[cur:])
+    return ids, labels, cur != len(ids)
 
 
 def _record(reason, findings=FINDINGS, image="CXR7_IM-2263-1001.png", rid="7"):

@@ -17,6 +17,9 @@ from torch import nn
 
 from llavarad_cli.errors import UserError
 
+#: llavarad's one key beyond open_clip's JSON: keyword arguments for ``timm.create_model`` (see build_trunk).
+TIMM_KWARGS_KEY = "timm_model_kwargs"
+
 
 def read_vision_config(config_path: Path) -> dict[str, Any]:
     """The open_clip model JSON; only ``vision_cfg`` matters here."""
@@ -31,14 +34,6 @@ def read_vision_config(config_path: Path) -> dict[str, Any]:
     if not isinstance(vision_cfg, dict) or not vision_cfg.get("timm_model_name"):
         raise UserError(f"{config_path}: not an open_clip timm-trunk config (needs vision_cfg.timm_model_name)")
     return config
-
-
-def _ensure_timm_name(name: str) -> None:
-    """The tiny test tower lives in our own timm registry entry; register it when a JSON names it."""
-    from llavarad_cli import testing
-
-    if name.split(".")[0] == testing.TINY_VIT_NAME:
-        testing.register_tiny_vit()
 
 
 def visual_state_dict(raw: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -62,12 +57,12 @@ def visual_state_dict(raw: dict[str, Any]) -> dict[str, torch.Tensor]:
 class VisionTower(nn.Module):
     """Frozen timm ViT trunk returning ``[B, num_patches, hidden]`` patch features."""
 
-    def __init__(self, visual: nn.Module, select_layer: int, image_size: int, image_transform: Callable,
+    def __init__(self, trunk: nn.Module, select_layer: int, image_size: int, image_transform: Callable,
                  name: str = "", open_clip_config: dict[str, Any] | None = None):
         super().__init__()
         #: The open_clip JSON it was built from, so a checkpoint can carry it along.
         self.open_clip_config = open_clip_config
-        self.trunk = visual.trunk
+        self.trunk = trunk
         self.select_layer = select_layer
         self.image_size = image_size
         self.image_transform = image_transform
@@ -116,31 +111,86 @@ def eval_transform(image_size: int):
     return image_transform(image_size, is_train=False)
 
 
+def build_trunk(vision_cfg: dict[str, Any], origin: str = "vision tower config") -> nn.Module:
+    """The timm trunk open_clip's ``TimmModel`` would build for ``vision_cfg``, without its head or text tower.
+
+    Built with ``timm.create_model`` directly (open_clip's builder is private API and cannot pass model
+    arguments). ``timm_model_kwargs``, llavarad's one addition to the JSON, are passed to timm: that is how a
+    tower of another size (the tiny test tower: ``vit_base_patch14_dinov2`` shrunk) is described without
+    registering a model name in timm. Drop rates are not passed: the tower is frozen and always in eval mode.
+    """
+    import timm
+
+    name = vision_cfg["timm_model_name"]
+    kwargs = vision_cfg.get(TIMM_KWARGS_KEY) or {}
+    if not isinstance(kwargs, dict):
+        raise UserError(f"{origin}: vision_cfg.{TIMM_KWARGS_KEY} must be an object of timm model arguments")
+    pool, proj = vision_cfg.get("timm_pool", "avg"), vision_cfg.get("timm_proj", "linear")
+    custom_pool = pool in ("abs_attn", "rot_attn")
+    try:
+        # The same two calls as open_clip's TimmModel, so the trunk has the same modules and weight names.
+        if proj not in ("linear", "mlp") and not custom_pool:
+            trunk = timm.create_model(name, pretrained=False, num_classes=0 if proj == "none" else
+                                      int(vision_cfg.get("embed_dim", 512)), global_pool=pool, **kwargs)
+        else:
+            trunk = timm.create_model(name, pretrained=False, **kwargs)
+            trunk.reset_classifier(0, **({"global_pool": "" if custom_pool else pool} if pool else {}))
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise UserError(f"{origin}: timm has no model `{name}` ({str(exc).splitlines()[0][:160]})",
+                        hint="use a timm architecture name, with timm_model_kwargs for its size") from None
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise UserError(f"{origin}: timm cannot build `{name}` with {TIMM_KWARGS_KEY} {kwargs} "
+                        f"({str(exc).splitlines()[0][:160]})") from None
+    if not hasattr(trunk, "blocks") or not hasattr(trunk, "patch_embed"):
+        raise UserError(f"{origin}: `{name}` is not a ViT (LLaVA-Rad takes features from a ViT block)")
+    return trunk
+
+
+def trunk_state_dict(visual: dict[str, Any]) -> dict[str, Any]:
+    """The ``trunk.*`` weights of a ``visual.*`` state dict, prefix removed; the open_clip head is unused."""
+    return {k[len("trunk."):]: v for k, v in visual.items() if k.startswith("trunk.")}
+
+
+def vision_tower_from_config(config: dict[str, Any], trunk_state: dict[str, Any] | None = None,
+                             select_layer: int = -2, name: str = "", origin: str = "vision tower config",
+                             weights_origin: str = "vision tower weights") -> VisionTower:
+    """A tower from an open_clip JSON (already read) and, when given, its trunk weights (strict)."""
+    vision_cfg = dict(config["vision_cfg"])
+    vision_cfg["embed_dim"] = config.get("embed_dim", 512)
+    trunk = build_trunk(vision_cfg, origin)
+    if trunk_state is not None:
+        own = trunk.state_dict()
+        missing = sorted(set(own) - set(trunk_state))
+        unexpected = sorted(set(trunk_state) - set(own))
+        wrong = [k for k in own if k in trunk_state and tuple(trunk_state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or wrong:
+            detail = "; ".join(part for part in (
+                f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+                f"{wrong[0]} has shape {tuple(trunk_state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}"
+                if wrong else "") if part)
+            raise UserError(f"{weights_origin}: the weights do not fit the tower {origin} describes ({detail})")
+        trunk.load_state_dict(trunk_state)
+    image_size = vision_cfg.get("image_size", 224)
+    image_size = int(image_size if isinstance(image_size, int) else image_size[0])
+    grid = tuple(trunk.patch_embed.img_size) if getattr(trunk.patch_embed, "img_size", None) else None
+    if grid is not None and grid != (image_size, image_size):
+        raise UserError(f"{origin}: vision_cfg.image_size {image_size} but the timm model takes {grid[0]} px",
+                        hint=f"set img_size in {TIMM_KWARGS_KEY}, or image_size to match")
+    return VisionTower(trunk, select_layer, image_size, eval_transform(image_size), name=name,
+                       open_clip_config=config)
+
+
 def build_vision_tower(config_path: Path, checkpoint_path: Path | None = None, select_layer: int = -2,
                        trust_pickle: bool = False) -> VisionTower:
-    """Build the tower from an open_clip JSON and load only its ``visual.*`` weights (strict)."""
-    from open_clip.model import _build_vision_tower
-
+    """Build the tower from an open_clip JSON and load only its ``visual.trunk.*`` weights (strict)."""
     config = read_vision_config(config_path)
-    vision_cfg = dict(config["vision_cfg"])
-    _ensure_timm_name(vision_cfg["timm_model_name"])
-    if vision_cfg.get("timm_model_pretrained"):
-        # Weights always come from the checkpoint; never let timm fetch its own.
-        vision_cfg["timm_model_pretrained"] = False
-    visual = _build_vision_tower(int(config.get("embed_dim", 512)), vision_cfg)
+    state = None
     if checkpoint_path is not None:
         from llavarad_cli.model.weights import load_state_file
 
         state = visual_state_dict(load_state_file(Path(checkpoint_path), trust_pickle=trust_pickle))
         if not state:
             raise UserError(f"{checkpoint_path}: no `visual.*` weights in this open_clip checkpoint")
-        missing, unexpected = visual.load_state_dict(state, strict=False)
-        missing_trunk = [k for k in missing if k.startswith("trunk.")]
-        if missing_trunk or unexpected:
-            raise UserError(
-                f"{checkpoint_path}: does not match {Path(config_path).name} "
-                f"(missing {missing_trunk[:3]}, unexpected {list(unexpected)[:3]})")
-    image_size = vision_cfg.get("image_size", 224)
-    image_size = int(image_size if isinstance(image_size, int) else image_size[0])
-    return VisionTower(visual, select_layer, image_size, eval_transform(image_size),
-                       name=Path(config_path).stem, open_clip_config=config)
+        state = trunk_state_dict(state)
+    return vision_tower_from_config(config, state, select_layer, name=Path(config_path).stem, origin=str(config_path),
+                                    weights_origin=str(checkpoint_path))

@@ -17,9 +17,6 @@ from llavarad_cli.prompts import (
     IGNORE_INDEX,
     IMAGE_TOKEN,
     IMAGE_TOKEN_INDEX,
-    V1_ROLES,
-    V1_SEP,
-    V1_SEP2,
     normalise_query,
     render_plain,
     render_v1_inference,
@@ -81,32 +78,6 @@ def build_v1(query: str, answer: str, tokenizer) -> Sample | SampleProblem:
     if len(ids) <= len(prompt) + 1:
         return SampleProblem(Skip.NO_ANSWER, "empty findings")
     return Sample(ids, [IGNORE_INDEX] * len(prompt) + ids[len(prompt):])
-
-
-def reference_v1_labels(query: str, answer: str, tokenizer) -> tuple[list[int], list[int], bool]:
-    """The reference's own ``preprocess_v1`` masking, kept to prove :func:`build_v1` agrees with it.
-
-    Returns (ids, labels, mismatch); on a mismatch the reference would have masked the whole sample.
-    """
-    text = render_v1_training(query, answer)
-    ids = tokenizer_image_token(text, tokenizer)
-    labels = list(ids)
-    sep = V1_SEP + V1_ROLES[1] + ": "
-    cur = 1
-    labels[0] = IGNORE_INDEX
-    for rnd in text.split(V1_SEP2):
-        if rnd == "":
-            break
-        parts = rnd.split(sep)
-        if len(parts) != 2:
-            break
-        parts[0] += sep
-        round_len = len(tokenizer_image_token(rnd, tokenizer))
-        instr_len = len(tokenizer_image_token(parts[0], tokenizer)) - 2
-        labels[cur: cur + instr_len] = [IGNORE_INDEX] * len(labels[cur: cur + instr_len])
-        cur += round_len
-    labels[cur:] = [IGNORE_INDEX] * len(labels[cur:])
-    return ids, labels, cur != len(ids)
 
 
 def truncate(sample: Sample, max_text_tokens: int) -> Sample | SampleProblem:

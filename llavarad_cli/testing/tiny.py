@@ -1,10 +1,11 @@
 """Tiny, offline, seeded stand-ins for the real parts: for tests, benchmarks and smoke-testing an install.
 
 - a tiny LLaMA-family LM (``LlamaForCausalLM``) with a SentencePiece-shaped BPE tokenizer trained here, offline;
-- a tiny DINOv2-shaped timm ViT registered under its own name and built through open_clip's timm-trunk path,
-  exactly like BiomedCLIP-CXR's ``vit_base_patch14_dinov2`` tower but small.
+- a tiny DINOv2 ViT: BiomedCLIP-CXR's ``vit_base_patch14_dinov2`` trunk with its size given as
+  ``timm_model_kwargs`` in the tower JSON, so the product builds it like any tower and nothing is registered
+  with timm (a tiny checkpoint written here loads in another process, e.g. ``llavarad infer``).
 
-Nothing here touches the Hugging Face hub. Runnable: ``python -m llavarad_cli.testing --help``.
+Nothing here touches the Hugging Face hub. Production code never imports this package.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-#: timm name of the tiny tower (registered by ``register_tiny_vit``).
-TINY_VIT_NAME = "llavarad_tiny_vit_p14"
+#: The released tower's timm architecture; the tiny one is the same blocks, layer scale and CLS token, shrunk.
+TINY_VIT_ARCH = "vit_base_patch14_dinov2"
 TINY_IMAGE_SIZE = 56          # 56 / 14 = 4 -> 16 patch tokens
 TINY_VIT_WIDTH = 32
+#: ``timm.create_model`` arguments that shrink the architecture (the JSON's ``timm_model_kwargs``).
+TINY_VIT_KWARGS = {"img_size": TINY_IMAGE_SIZE, "patch_size": 14, "embed_dim": TINY_VIT_WIDTH, "depth": 3,
+                   "num_heads": 2, "mlp_ratio": 2.0}
 TINY_VISION_CONFIG_NAME = "llavarad-tiny-biomedclip"
 TINY_LM_HIDDEN = 64
 TINY_VOCAB_SIZE = 1000
@@ -87,62 +91,49 @@ def tiny_lm(seed: int = SEED):
     return model
 
 
-def register_tiny_vit() -> str:
-    """Register the tiny DINOv2-shaped ViT with timm (idempotent) and return its name."""
-    import timm
-    from timm.models import register_model
-
-    if TINY_VIT_NAME in timm.list_models(TINY_VIT_NAME):
-        return TINY_VIT_NAME
-
-    def llavarad_tiny_vit_p14(pretrained: bool = False, **kwargs):
-        # vit_base_patch14_dinov2 with its geometry shrunk; same blocks, layer scale and CLS token.
-        args = dict(img_size=TINY_IMAGE_SIZE, patch_size=14, embed_dim=TINY_VIT_WIDTH, depth=3, num_heads=2,
-                    mlp_ratio=2.0)
-        args.update(kwargs)
-        return timm.create_model("vit_base_patch14_dinov2", pretrained=False, **args)
-
-    llavarad_tiny_vit_p14.__name__ = TINY_VIT_NAME
-    register_model(llavarad_tiny_vit_p14)
-    return TINY_VIT_NAME
-
-
 def tiny_vision_config() -> dict:
-    """An open_clip model JSON shaped like ``biomedclipcxr_518.json`` (vision side), with a tiny trunk.
+    """An open_clip model JSON shaped like ``biomedclipcxr_518.json``, with a tiny trunk.
 
-    The text tower is open_clip's built-in transformer, tiny, so nothing needs BiomedBERT or the hub.
+    ``text_cfg`` is open_clip's built-in text transformer, tiny (the released JSON names BiomedBERT); llavarad
+    never builds the text side, but the checkpoint file carries its weights as the released one does.
     """
     return {
         "embed_dim": 16,
-        "vision_cfg": {"timm_model_name": TINY_VIT_NAME, "timm_model_pretrained": False, "timm_pool": "",
-                       "timm_proj": "linear", "image_size": TINY_IMAGE_SIZE},
+        "vision_cfg": {"timm_model_name": TINY_VIT_ARCH, "timm_model_kwargs": dict(TINY_VIT_KWARGS),
+                       "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear",
+                       "image_size": TINY_IMAGE_SIZE},
         "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1},
     }
 
 
-def tiny_open_clip(seed: int = SEED):
-    """The full tiny open_clip model (vision + text), built from ``tiny_vision_config`` through open_clip."""
-    import logging
-    import tempfile
-
-    import open_clip
+def tiny_vision_tower(seed: int = SEED):
+    """The tiny ``VisionTower``, built by the product's own builder from ``tiny_vision_config``, seeded."""
     import torch
 
-    register_tiny_vit()
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / f"{TINY_VISION_CONFIG_NAME}.json").write_text(json.dumps(tiny_vision_config()))
-        open_clip.add_model_config(tmp)
-        torch.manual_seed(seed)
-        # open_clip logs "No pretrained weights loaded ... initialized randomly" on the root logger: intended here.
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            model = open_clip.create_model(TINY_VISION_CONFIG_NAME, pretrained=None)
-        finally:
-            root.setLevel(level)
-    model.eval()
-    return model
+    from llavarad_cli.model.vision import vision_tower_from_config
+
+    torch.manual_seed(seed)
+    return vision_tower_from_config(tiny_vision_config(), name=TINY_VISION_CONFIG_NAME)
+
+
+def tiny_open_clip_state(seed: int = SEED) -> dict:
+    """A whole open_clip CLIP state dict like the released checkpoint's: ``visual.trunk.*`` (the tiny tower),
+    ``visual.head.proj.weight`` and the text tower's weights, which llavarad must ignore."""
+    import torch
+    from open_clip import CLIP
+
+    config = tiny_vision_config()
+    trunk = tiny_vision_tower(seed).trunk
+    torch.manual_seed(seed + 3)
+    # Only the text side of this CLIP is kept; its small non-timm ViT is a stand-in that is thrown away.
+    clip = CLIP(config["embed_dim"], vision_cfg={"image_size": TINY_IMAGE_SIZE, "layers": 1, "width": 16,
+                                                 "patch_size": 14, "head_width": 8},
+                text_cfg=config["text_cfg"])
+    state = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
+    state.update({f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()})
+    state["visual.head.proj.weight"] = torch.randn(config["embed_dim"], TINY_VIT_WIDTH,
+                                                   generator=torch.Generator().manual_seed(seed + 4))
+    return state
 
 
 def write_tiny_vision_tower(out_dir: Path, seed: int = SEED, training_checkpoint: bool = True) -> tuple[Path, Path]:
@@ -155,10 +146,9 @@ def write_tiny_vision_tower(out_dir: Path, seed: int = SEED, training_checkpoint
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = tiny_open_clip(seed)
     config_path = out_dir / f"{TINY_VISION_CONFIG_NAME}.json"
     config_path.write_text(json.dumps(tiny_vision_config(), indent=2))
-    state = model.state_dict()
+    state = tiny_open_clip_state(seed)
     if training_checkpoint:
         state = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 1, "name": "tiny"}
     ckpt_path = out_dir / f"{TINY_VISION_CONFIG_NAME}_checkpoint.pt"
@@ -187,12 +177,9 @@ def tiny_llavarad_model(seed: int = SEED, projector_type: str = "mlp2x_gelu"):
 
     from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
     from llavarad_cli.model.projector import build_projector
-    from llavarad_cli.model.vision import VisionTower, eval_transform
 
     lm = tiny_lm(seed)
-    tower = VisionTower(tiny_open_clip(seed).visual, select_layer=-2, image_size=TINY_IMAGE_SIZE,
-                        image_transform=eval_transform(TINY_IMAGE_SIZE), name=TINY_VISION_CONFIG_NAME,
-                        open_clip_config=tiny_vision_config())
+    tower = tiny_vision_tower(seed)
     torch.manual_seed(seed + 1)
     projector = build_projector(projector_type, TINY_VIT_WIDTH, TINY_LM_HIDDEN)
     config = LlavaRadConfig(projector_type=projector_type, mm_hidden_size=TINY_VIT_WIDTH, select_layer=-2,
@@ -266,35 +253,3 @@ def write_tiny_checkpoint(out_dir: Path, layout: str = "native", seed: int = SEE
     torch.save(projector, out_dir / "non_lora_trainables.bin")
     write_tiny_vision_tower(out_dir, seed)
     return model
-
-
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m llavarad_cli.testing",
-                                     description="Write tiny offline models for smoke tests.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    lm = sub.add_parser("tiny-lm", help="a tiny LLaMA LM + tokenizer folder")
-    lm.add_argument("out", type=Path)
-    vt = sub.add_parser("tiny-vision-tower", help="a tiny BiomedCLIP-shaped open_clip JSON + checkpoint")
-    vt.add_argument("out", type=Path)
-    ck = sub.add_parser("tiny-checkpoint", help="a tiny random LLaVA-Rad in the released or native layout "
-                        "(base LM in OUT/base)")
-    ck.add_argument("out", type=Path)
-    ck.add_argument("--layout", choices=["released", "native"], default="native")
-    ck.add_argument("--seed", type=int, default=SEED)
-    args = parser.parse_args(argv)
-    if args.command == "tiny-lm":
-        print(write_tiny_lm(args.out))
-    elif args.command == "tiny-vision-tower":
-        for path in write_tiny_vision_tower(args.out):
-            print(path)
-    elif args.command == "tiny-checkpoint":
-        write_tiny_checkpoint(args.out, args.layout, args.seed)
-        base = f" --model-base {args.out / 'base'}" if args.layout == "released" else ""
-        print(f"{args.out}  (use: llavarad infer --model {args.out}{base} --device cpu ...)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
