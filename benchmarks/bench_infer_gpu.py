@@ -50,8 +50,7 @@ def build_model(dtype, attn: str):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
-    from llavarad_cli.model.projector import build_projector
+    from llavarad_cli.model.assemble import assemble_model
     from llavarad_cli.model.vision import build_vision_tower
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,10 +67,7 @@ def build_model(dtype, attn: str):
             lm = LlamaForCausalLM(config)
         finally:
             torch.set_default_dtype(previous)
-    projector = build_projector("mlp2x_gelu", tower.hidden_size, config.hidden_size)
-    model = LlavaRadModel(lm.eval(), tower.to("cuda", dtype), projector.to("cuda", dtype),
-                          LlavaRadConfig(mm_hidden_size=tower.hidden_size)).eval()
-    return model
+    return assemble_model(lm.eval(), tower, "mlp2x_gelu", seed=0, dtype=dtype).eval()
 
 
 def time_generate(model, ids, mask, pixels, new_tokens: int) -> float:
@@ -95,8 +91,9 @@ def main(argv=None) -> int:
         return 2
     from llavarad_cli.prompts import IMAGE_TOKEN_INDEX
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype) or (
-        torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    from llavarad_cli.model.loading import pick_dtype
+
+    dtype = pick_dtype(torch.device("cuda"), args.dtype)
     built = time.perf_counter()
     model = build_model(dtype, args.attn)
     build_s = time.perf_counter() - built

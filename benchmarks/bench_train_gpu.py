@@ -76,9 +76,10 @@ def build(spec, tiny: bool, device):
 
     from llavarad_cli import testing
     from llavarad_cli.model.vision import build_vision_tower
-    from llavarad_cli.train.build import assemble_training_model, torch_dtype
+    from llavarad_cli.model.loading import DTYPES
+    from llavarad_cli.train.build import assemble_training_model
 
-    dtype = torch_dtype(spec.train.precision)
+    dtype = DTYPES[spec.train.precision]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ("tiny.json" if tiny else "biomedclipcxr_518.json")
         path.write_text(json.dumps(testing.tiny_vision_config() if tiny else RELEASED_VISION_CONFIG))

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
 
-PACKAGES = ["torch", "transformers", "tokenizers", "sentencepiece", "peft", "accelerate", "deepspeed", "open_clip_torch", "timm",
-            "flash-attn", "pydicom", "sacrebleu", "rouge-score"]
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def hub_status(timeout: float = 3.0) -> str:
@@ -42,10 +32,12 @@ def hf_cache_dir() -> str:
 
 
 def collect(check_hub: bool = True) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = [("python", platform.python_version()),
+    from llavarad_cli.versions import package_versions
+
+    versions = package_versions()
+    rows: list[tuple[str, str]] = [("python", versions.pop("python")),
                                    ("platform", f"{platform.system()} {platform.machine()}")]
-    for name in PACKAGES:
-        rows.append((name, _version(name) or "not installed"))
+    rows += [(name, version or "not installed") for name, version in versions.items()]
 
     import torch
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -68,8 +67,10 @@ class ModelSection(Section):
     @field_validator("projector_type")
     @classmethod
     def _projector(cls, v: str) -> str:
-        if v != "linear" and not re.fullmatch(r"mlp([1-9]\d*)x_gelu", v):
-            raise ValueError("must be `linear` or `mlp{N}x_gelu` (e.g. mlp2x_gelu)")
+        from llavarad_cli.model.projector import PROJECTOR_TYPES, projector_depth
+
+        if projector_depth(v) is None:
+            raise ValueError(f"must be {PROJECTOR_TYPES} (e.g. mlp2x_gelu)")
         return v
 
     @field_validator("pretrained_projector")
@@ -328,24 +329,10 @@ def spec_to_yaml(spec: RunSpec) -> str:
     return yaml.safe_dump(spec_to_dict(spec), sort_keys=False)
 
 
-def package_versions() -> dict[str, str | None]:
-    from importlib import metadata
-    import platform
-
-    names = ["llavarad", "torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed",
-             "open_clip_torch", "timm", "safetensors", "flash-attn"]
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def write_resolved_spec(spec: RunSpec, out_dir: Path | None = None) -> Path:
     """Write ``resolved_spec.yaml`` (the spec as run, loadable again) and the package versions beside it."""
     from llavarad_cli.io_utils import atomic_write_text
+    from llavarad_cli.versions import package_versions
 
     out_dir = Path(out_dir or spec.output.dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def test_tiny_checkpoint_loads_in_a_fresh_process(tmp_path):
     out = tmp_path / "tiny"
     subprocess.run([sys.executable, "-m", "llavarad_cli.testing", "tiny-checkpoint", str(out), "--layout",
                     "released"], check=True, capture_output=True)
-    code = ("import sys; from llavarad_cli.model.checkpoint import load_model; "
+    code = ("import sys; from llavarad_cli.model.loading import load_model; "
             f"m, _ = load_model({str(out)!r}, {str(out / 'base')!r}, device='cpu'); "
             "assert 'llavarad_cli.testing' not in sys.modules, 'the product imported the testing package'; "
             "print(m.vision_tower.num_patches)")

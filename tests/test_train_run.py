@@ -125,12 +125,38 @@ def test_finetune_on_two_workers_loads_in_infer_and_generates(finetuned, assets,
     # The projector trained on from stage 1.
     assert not _same(_tensors(finetuned / "projector.safetensors"), _tensors(pretrained / "projector.safetensors"))
     image = str(assets["images"] / "CXR7_IM-2263-1001.png")
+    findings = {}
     for model in (finetuned, finetuned / "merged"):
         result = runner.invoke(app, ["infer", "--image", image, "--reason", "Preop lumbar surgery",
                                      "--model", str(model), "--device", "cpu", "--max-new-tokens", "8", "--json"])
         assert result.exit_code == 0, result.output
         answer = json.loads(result.output[result.output.index("{"):])
         assert isinstance(answer["findings"], str) and answer["model"] == str(model)
+        findings[model] = answer["findings"]
+    # `--merge` folds the adapter into the LM: the same model, so the same tokens and (near enough) the same
+    # logits; and not the base LM's, so the adapter really is in the merged weights.
+    assert findings[finetuned] == findings[finetuned / "merged"]
+    _assert_merged_is_the_adapter_model(finetuned, finetuned / "merged", assets["lm"])
+
+
+def _assert_merged_is_the_adapter_model(adapter_dir: Path, merged_dir: Path, base_dir) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llavarad_cli.model.loading import load_model
+    from llavarad_cli.prompts import IMAGE_TOKEN_INDEX
+
+    adapter, _ = load_model(str(adapter_dir), device="cpu")
+    merged, _ = load_model(str(merged_dir), device="cpu")
+    assert json.loads((merged_dir / "llavarad.json").read_text())["lm_weights"] == "full"
+    ids = torch.tensor([[1, IMAGE_TOKEN_INDEX, 5, 6, 7, 8]])
+    px = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids, None, pixel_values=px).logits,
+                                   adapter(ids, None, pixel_values=px).logits, atol=1e-5, rtol=1e-4)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir)).state_dict()
+    changed = [k for k, v in merged.lm.state_dict().items() if k in base and not torch.equal(v, base[k])]
+    assert any("q_proj" in k for k in changed) and any("down_proj" in k for k in changed), changed[:4]
 
 
 def test_killed_worker_is_reported_and_rerun_resumes_to_identical_weights(tmp_path, assets, pretrained, finetuned):
@@ -181,7 +207,7 @@ def test_in_process_run_counts_missing_images_and_resumes_after_a_lost_checkpoin
     # An intermediate checkpoint's weights/ references the tower's own files and loads for inference.
     import torch
 
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     weights = out / "checkpoint-4" / "weights"
     native = json.loads((weights / "llavarad.json").read_text())

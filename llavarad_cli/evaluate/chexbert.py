@@ -98,9 +98,9 @@ def label_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 128, d
     the results come back in the input order either way."""
     import torch
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is visible here", hint="use --device cpu")
+    from llavarad_cli.model.loading import pick_device
+
+    device = pick_device(device)
     model.to(device).eval()
     encoded = [encode(tokenizer, t) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i])) if sort_by_length else list(range(len(texts)))

@@ -240,9 +240,9 @@ class RadGraphAnnotator:
         self.reader, model = build(config, vocab, files.bert_dir)
         state = torch.load(files.model_dir / "weights.th", map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        from llavarad_cli.model.loading import pick_device
+
+        self.device = pick_device(device)
         self.model = model.to(self.device).eval()
 
     def __call__(self, texts: Sequence[str]) -> list[dict]:

@@ -6,35 +6,24 @@ import csv
 import io
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 
 from llavarad_cli.evaluate.conventions import CONVENTIONS
 from llavarad_cli.evaluate.labels import CONDITIONS
 from llavarad_cli.errors import UserError
 from llavarad_cli.evaluate.runner import EvalResult
+from llavarad_cli.versions import package_versions
 from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
 
 #: The column order of the reference's main.csv, then what it did not have.
 MAIN_ORDER = ["BLEU-1", "BLEU-4", "ROUGE-L", "Micro-F1-14", "Macro-F1-14", "Micro-F1-5", "Macro-F1-5",
               "Micro-F1-14+", "Macro-F1-14+", "Micro-F1-5+", "Macro-F1-5+", "F1-RadGraph", "ROUGE-2",
               "CheXprompt-significant", "CheXprompt-total"]
-PACKAGES = ["llavarad", "sacrebleu", "rouge-score", "scikit-learn", "numpy", "torch", "transformers", "radgraph"]
 
 
 def ordered_scores(result: EvalResult):
     rank = {name: i for i, name in enumerate(MAIN_ORDER)}
     return sorted(result.scores, key=lambda s: rank.get(s.name, len(rank)))
-
-
-def package_versions() -> dict:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def metrics_json(result: EvalResult, preds: Path, options) -> dict:

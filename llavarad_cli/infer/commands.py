@@ -45,7 +45,7 @@ class RateColumn(ProgressColumn):
 
 
 def _load(choice: ModelChoice, err: Console):
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     with err.status(f"loading {safe(choice.model)} …"):
         model, tokenizer = load_model(choice.model, choice.model_base, device=choice.device, dtype=choice.dtype,

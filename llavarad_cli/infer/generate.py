@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from llavarad_cli.model.loading import pad_token_id
 from llavarad_cli.prompts import IMAGE_TOKEN, V1_SEP2, render_v1_inference, tokenizer_image_token
 
 
@@ -47,8 +48,7 @@ class Predictor:
         self.tokenizer = tokenizer
         self.settings = settings or GenerationSettings()
         self.template = getattr(model.config, "template", "v1")
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (tokenizer.unk_token_id or 0)
+        self.pad_id = pad_token_id(tokenizer)
         self.eos_id = tokenizer.eos_token_id
 
     def prompt(self, query: str) -> str:

@@ -154,9 +154,9 @@ class LlavaRadModel(nn.Module):
         splice does (cumsum - 1) and keeps extending them during decoding.
         """
         batch = self.prepare_multimodal(input_ids, attention_mask, None, pixel_values, padding_side="left")
-        lm_config = getattr(self.lm, "config", None)
         if "pad_token_id" not in gen_kwargs:
-            pad = getattr(lm_config, "pad_token_id", None)
-            gen_kwargs["pad_token_id"] = pad if pad is not None else getattr(lm_config, "eos_token_id", None)
+            from llavarad_cli.model.loading import pad_token_id
+
+            gen_kwargs["pad_token_id"] = pad_token_id(self.lm.config)
         return self.lm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                 **gen_kwargs)

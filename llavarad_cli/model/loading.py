@@ -1,9 +1,14 @@
-"""Shared loading pieces: device/dtype choice, the base LM and tokenizer, projector weights from any layout."""
+"""Loading a model: ``load_model`` (any layout, local or hub), and the pieces every layout shares — the device
+and dtype rule, the base LM and its tokenizer.
+
+Layouts: ``native`` (what ``pretrain``/``finetune`` write, :mod:`llavarad_cli.model.native`) and ``released``
+(``microsoft/llava-rad``, :mod:`llavarad_cli.model.released`); :func:`detect_layout` tells them apart.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -11,14 +16,59 @@ from llavarad_cli.errors import UserError
 from llavarad_cli.model.weights import cache_dir, hub_offline, is_local, resolve_dir, resolve_file
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+#: The one dtype table: every name a user may give (``--dtype``, a spec's ``train.precision``) -> torch dtype.
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
 
 
-def pick_device(device: str | None) -> torch.device:
-    """``cuda`` when available unless told otherwise; a CUDA request without CUDA is a user error."""
+#: The native layout's config file (its name is what tells the layouts apart).
+NATIVE_CONFIG = "llavarad.json"
+
+
+def detect_layout(model: str) -> str:
+    """``native`` when the source has ``llavarad.json``, ``released`` when it has a LLaVA ``config.json``."""
+    if resolve_file(model, NATIVE_CONFIG, "llavarad checkpoint config", required=False) is not None:
+        return "native"
+    if resolve_file(model, "config.json", "model config", required=False) is not None:
+        return "released"
+    if is_local(model):
+        where = f"the folder {Path(model).expanduser()}"
+    elif hub_offline():
+        where = (f"a local folder `{model}` (none here) or the local Hugging Face cache for it, {cache_dir()} "
+                 "(offline: HF_HUB_OFFLINE=1, the hub was not asked)")
+    else:
+        where = (f"a local folder `{model}` (none here), the hub repo {model}, or the local Hugging Face cache "
+                 f"({cache_dir()}) when the hub was unreachable")
+    raise UserError(f"no model found: neither {NATIVE_CONFIG} nor config.json in {where}",
+                    hint="--model takes the released microsoft/llava-rad layout or a llavarad checkpoint folder")
+
+
+def load_model(model: str, model_base: str | None = None, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
+               trust_pickle: bool = False):
+    """Load ``(LlavaRadModel, tokenizer)`` from a native checkpoint or the released layout (local or hub).
+
+    Device defaults to CUDA when available; dtype to bf16 on GPUs that have it, fp32 on CPU.
+    """
+    chosen = device if isinstance(device, torch.device) else pick_device(device)
+    torch_dtype = pick_dtype(chosen, dtype)
+    check_attn(attn_implementation)
+    # The layout modules import this one for the LM and tokenizer, hence imported here, when needed.
+    if detect_layout(str(model)) == "native":
+        from llavarad_cli.model.native import load_native as load
+    else:
+        from llavarad_cli.model.released import load_released as load
+    return load(str(model), model_base, chosen, torch_dtype, attn_implementation, trust_pickle)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The one device rule (inference, training workers, scorers): the device asked for, checked; else this
+    process's GPU when CUDA is visible (``cuda:LOCAL_RANK`` under a launcher that starts one process per GPU,
+    else ``cuda:0``); else the CPU. A CUDA request without CUDA is a user error."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     try:
         chosen = torch.device(device)
     except RuntimeError:
@@ -99,8 +149,8 @@ def load_tokenizer(source: str):
         raise UserError(f"tokenizer of `{source}` could not be loaded{_where(source)}: {_first_line(exc)}",
                         hint="give a local folder with the tokenizer files, or go online once") from None
     _ensure_bos(tokenizer)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    if tokenizer.pad_token is None and (tokenizer.unk_token is not None or tokenizer.eos_token is not None):
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_token_id(tokenizer))
     return tokenizer
 
 
@@ -119,6 +169,19 @@ def _sentencepiece_folder(source: str, where: str) -> Path | None:
     return folder if is_sentencepiece_folder(folder) else None
 
 
+def pad_token_id(source) -> int:
+    """The one pad rule, for a tokenizer or an LM config: its pad token, else unk (the reference pads with unk:
+    pad := unk for every template but v0), else eos, else 0. Pad positions are masked out in training and
+    generation alike, so what matters is that batching, training and generation agree."""
+    for name in ("pad_token_id", "unk_token_id", "eos_token_id"):
+        value = getattr(source, name, None)
+        if isinstance(value, (list, tuple)):  # a generation config may list several eos ids
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return 0
+
+
 def _ensure_bos(tokenizer) -> None:
     """LLaVA-Rad prompts start with BOS (the reference's slow LLaMA tokenizer always added it). A tokenizer
     folder without ``add_bos_token`` loads without it on transformers 5, which would shift every prompt."""
@@ -129,39 +192,6 @@ def _ensure_bos(tokenizer) -> None:
         tokenizer.add_bos_token = True
     if tokenizer("x").input_ids[:1] != [bos]:
         raise UserError(f"tokenizer {tokenizer.name_or_path}: does not add its BOS token and cannot be told to")
-
-
-def projector_state_from(raw: dict[str, Any], origin: str) -> dict[str, torch.Tensor]:
-    """Projector weights (``{0,2,...}.{weight,bias}``) from a native, ``mm_projector.bin`` or
-    ``non_lora_trainables.bin`` state dict.
-
-    The reference strips ``base_model.`` then one ``model.``; taking whatever follows ``mm_projector.`` is the
-    same for every layout it wrote, and also reads our own unprefixed keys.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        if "mm_projector." in key:
-            out[key.split("mm_projector.", 1)[1]] = value
-        elif key.split(".", 1)[0].isdigit():
-            out[key] = value
-    if not out:
-        raise UserError(f"{origin}: holds no projector weights (no `mm_projector.*` keys)")
-    return out
-
-
-def load_projector_weights(projector: torch.nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """Strict: a projector file of another type or size is an error, never a silently random projector."""
-    own = projector.state_dict()
-    if sorted(own) != sorted(state):
-        raise UserError(f"{origin}: projector keys {sorted(state)} do not match this projector {sorted(own)}",
-                        hint="check projector_type (e.g. mlp2x_gelu)")
-    for key, value in state.items():
-        if value.shape != own[key].shape:
-            raise UserError(f"{origin}: projector weight {key} has shape {tuple(value.shape)}, "
-                            f"expected {tuple(own[key].shape)}")
-    projector.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 def _where(source: str) -> str:

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from llavarad_cli.errors import UserError
-from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
-from llavarad_cli.model.loading import (load_lm, load_projector_weights, load_tokenizer, projector_state_from)
-from llavarad_cli.model.projector import build_projector
+from llavarad_cli.model.assemble import assemble_model
+from llavarad_cli.model.loading import load_lm, load_tokenizer
+from llavarad_cli.model.lora import merge_lora
+from llavarad_cli.model.projector import projector_state_from
 from llavarad_cli.model.vision import build_vision_tower
 from llavarad_cli.model.weights import load_state_file, resolve_file
 
@@ -82,18 +83,11 @@ def load_released(model: str, model_base: str | None, device: torch.device, dtyp
 
     tower = build_vision_tower(tower_config, tower_ckpt, select_layer=int(config.get("mm_vision_select_layer", -2)),
                                trust_pickle=trust_pickle)
-    mm_hidden = int(config.get("mm_hidden_size", tower.hidden_size))
-    if mm_hidden != tower.hidden_size:
-        raise UserError(f"{config_path}: mm_hidden_size {mm_hidden} but the vision tower gives {tower.hidden_size}")
-    projector = build_projector(config["mm_projector_type"], mm_hidden, lm.config.hidden_size)
-    load_projector_weights(projector, projector_state, str(projector_file))
-
-    llava_config = LlavaRadConfig(projector_type=config["mm_projector_type"], mm_hidden_size=mm_hidden,
-                                  select_layer=tower.select_layer, vision_config_name=tower.name, template="v1",
-                                  extra={"source": str(model), "layout": "released"})
-    result = LlavaRadModel(lm, tower.to(device=device, dtype=dtype), projector.to(device=device, dtype=dtype),
-                           llava_config).eval()
-    return result, tokenizer
+    result = assemble_model(lm, tower, config["mm_projector_type"], projector_state=projector_state,
+                            projector_origin=str(projector_file), mm_hidden_size=config.get("mm_hidden_size"),
+                            config_origin=str(config_path), dtype=dtype, template="v1",
+                            extra={"source": str(model), "layout": "released"})
+    return result.eval(), tokenizer
 
 
 def rename_like_reference(state: dict[str, Any]) -> dict[str, Any]:
@@ -130,34 +124,3 @@ def load_lm_weights(lm, state: dict[str, torch.Tensor], origin: str) -> None:
         raise UserError(f"{origin}: {len(bad)} weight(s) fit neither the projector nor the base LM, e.g. {bad[0]}",
                         hint="is --model-base the LM this checkpoint was trained on?")
     lm.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
-
-
-def merge_lora(lm, adapter_config: Path, adapter_file: Path, trust_pickle: bool = False):
-    """Attach the LoRA adapter and merge it into the base weights (W += alpha/r * B A), like the reference.
-
-    The weights are read by us (safetensors, or ``weights_only`` pickle) rather than by PEFT, so the
-    ``--trust-pickle`` rule holds for the adapter too.
-    """
-    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
-
-    peft_config = PeftConfig.from_pretrained(str(adapter_config.parent))
-    peft_config.inference_mode = True
-    state = load_state_file(adapter_file, trust_pickle)
-    if not any("lora_" in k for k in state):
-        raise UserError(f"{adapter_file}: holds no LoRA weights")
-    import warnings
-
-    with warnings.catch_warnings():
-        # PEFT asks transformers an outdated gradient-checkpointing question; harmless at inference.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        # A local --model-base folder instead of the adapter's recorded hub id is the normal offline case.
-        warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*was renamed.*", category=UserWarning)
-        peft_model = get_peft_model(lm, peft_config)
-    result = set_peft_model_state_dict(peft_model, state)
-    missing_lora = [k for k in result.missing_keys if "lora_" in k] + list(result.unexpected_keys)
-    if missing_lora:
-        raise UserError(f"{adapter_file}: does not fit the base LM ({len(missing_lora)} LoRA weights missing or unexpected, "
-                        f"e.g. {missing_lora[0]})", hint="is --model-base the LM this adapter was trained on?")
-    merged = peft_model.merge_and_unload()
-    merged.eval()
-    return merged

@@ -173,18 +173,11 @@ def tiny_llavarad_model(seed: int = SEED, projector_type: str = "mlp2x_gelu"):
     The tower's weights equal those ``write_tiny_vision_tower(seed)`` writes, so checkpoints written from the
     same seed load back into the same model.
     """
-    import torch
+    from llavarad_cli.model.assemble import assemble_model
 
-    from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
-    from llavarad_cli.model.projector import build_projector
-
-    lm = tiny_lm(seed)
     tower = tiny_vision_tower(seed)
-    torch.manual_seed(seed + 1)
-    projector = build_projector(projector_type, TINY_VIT_WIDTH, TINY_LM_HIDDEN)
-    config = LlavaRadConfig(projector_type=projector_type, mm_hidden_size=TINY_VIT_WIDTH, select_layer=-2,
-                            vision_config_name=TINY_VISION_CONFIG_NAME)
-    model = LlavaRadModel(lm, tower, projector, config).eval()
+    model = assemble_model(tiny_lm(seed), tower, projector_type, seed=seed + 1,
+                           vision_config_name=TINY_VISION_CONFIG_NAME).eval()
     return model, tiny_tokenizer(), tower.image_transform
 
 
@@ -229,7 +222,7 @@ def write_tiny_checkpoint(out_dir: Path, layout: str = "native", seed: int = SEE
     model, tokenizer = tiny_lora_model(seed)
     write_tiny_lm(out_dir / "base", seed)
     if layout == "native":
-        from llavarad_cli.model.checkpoint import save_native_checkpoint
+        from llavarad_cli.model.native import save_native_checkpoint
 
         save_native_checkpoint(out_dir, model, base="base", extra={"made_by": "llavarad_cli.testing"})
         return model

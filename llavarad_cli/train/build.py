@@ -9,26 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llavarad_cli.errors import UserError
 from llavarad_cli.specs import RunSpec
-
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-def torch_dtype(precision: str):
-    import torch
-
-    return getattr(torch, DTYPES[precision])
-
-
-def worker_device():
-    import os
-
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def tower_files(spec: RunSpec) -> tuple[Path, Path]:
@@ -46,14 +27,6 @@ def tower_files(spec: RunSpec) -> tuple[Path, Path]:
     return Path(config), Path(checkpoint)
 
 
-def pad_token_id(tokenizer) -> int:
-    """The reference pads with unk (pad := unk for every template but v0); pads are masked anyway."""
-    for value in (tokenizer.pad_token_id, tokenizer.unk_token_id, 0):
-        if value is not None:
-            return int(value)
-    return 0  # pragma: no cover
-
-
 def linear_layer_names(lm) -> list[str]:
     """Last name component of every ``nn.Linear`` of the LM except ``lm_head`` (q/k/v/o/gate/up/down_proj)."""
     from torch import nn
@@ -66,23 +39,14 @@ def linear_layer_names(lm) -> list[str]:
     return sorted(names)
 
 
-def load_stage1_projector(projector, path: Path) -> None:
-    """A stage-1 projector: our ``projector.safetensors`` or the reference's ``mm_projector.bin`` (strict)."""
-    from llavarad_cli.model.loading import load_projector_weights, projector_state_from
-    from llavarad_cli.model.weights import load_state_file
-
-    load_projector_weights(projector, projector_state_from(load_state_file(Path(path)), str(path)), str(path))
-
-
 def build_training_model(spec: RunSpec):
     """(LlavaRadModel with only the stage's trainable parameters requiring grad, tokenizer)."""
-    from llavarad_cli.model.loading import load_lm, load_tokenizer
+    from llavarad_cli.model.loading import DTYPES, load_lm, load_tokenizer, pick_device
     from llavarad_cli.model.vision import build_vision_tower
 
-    dtype = torch_dtype(spec.train.precision)
     tokenizer = load_tokenizer(spec.model.base)
     tokenizer.padding_side = "right"
-    lm = load_lm(spec.model.base, dtype, worker_device(), spec.model.attn_implementation)
+    lm = load_lm(spec.model.base, DTYPES[spec.train.precision], pick_device(), spec.model.attn_implementation)
     config_path, checkpoint_path = tower_files(spec)
     tower = build_vision_tower(config_path, checkpoint_path, select_layer=spec.model.vision_tower.select_layer)
     return assemble_training_model(lm, tower, spec), tokenizer
@@ -92,19 +56,21 @@ def assemble_training_model(lm, tower, spec: RunSpec):
     """Freeze the LM and tower, add the (seeded or stage-1) projector, LoRA on the LM alone, checkpointing."""
     import torch
 
-    from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
-    from llavarad_cli.model.projector import build_projector
+    from llavarad_cli.model.assemble import assemble_model
+    from llavarad_cli.model.loading import DTYPES
+    from llavarad_cli.model.projector import projector_state_from
+    from llavarad_cli.model.weights import load_state_file
 
-    dtype = torch_dtype(spec.train.precision)
     lm.config.use_cache = False
     lm.requires_grad_(False)
-    tower.to(dtype)
-    torch.manual_seed(spec.train.seed)
-    projector = build_projector(spec.model.projector_type, tower.hidden_size, lm.config.hidden_size)
-    if spec.model.pretrained_projector is not None:
-        load_stage1_projector(projector, spec.model.pretrained_projector)
-    projector.to(device=lm.device, dtype=dtype)
-    projector.requires_grad_(True)
+    stage1 = spec.model.pretrained_projector
+    # A stage-1 projector: our projector.safetensors or the reference's mm_projector.bin (strict either way).
+    model = assemble_model(lm, tower, spec.model.projector_type, seed=spec.train.seed,
+                           projector_state=projector_state_from(load_state_file(Path(stage1)), str(stage1))
+                           if stage1 is not None else None, projector_origin=str(stage1),
+                           dtype=DTYPES[spec.train.precision], template=spec.data.template,
+                           vision_config_name=tower.name or "vision_tower")
+    model.projector.requires_grad_(True)
 
     if spec.lora.enabled:
         from peft import LoraConfig, get_peft_model
@@ -113,17 +79,14 @@ def assemble_training_model(lm, tower, spec: RunSpec):
         if targets == "all-linear":
             targets = linear_layer_names(lm)
         torch.manual_seed(spec.train.seed + 1)
-        lm = get_peft_model(lm, LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-                                           bias="none", task_type="CAUSAL_LM", target_modules=targets))
+        model.lm = get_peft_model(lm, LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha,
+                                                 lora_dropout=spec.lora.dropout, bias="none", task_type="CAUSAL_LM",
+                                                 target_modules=targets))
     if spec.train.gradient_checkpointing:
         # Non-reentrant checkpointing gives grads to the projector through a frozen LM without the
         # enable_input_require_grads hook the reference needed.
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    llava_config = LlavaRadConfig(projector_type=spec.model.projector_type, mm_hidden_size=tower.hidden_size,
-                                  select_layer=spec.model.vision_tower.select_layer,
-                                  vision_config_name=tower.name or "vision_tower", template=spec.data.template)
-    return LlavaRadModel(lm, tower, projector, llava_config)
+        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def parameter_groups(model, spec: RunSpec) -> list[dict]:

@@ -93,11 +93,13 @@ def estimate(spec: RunSpec, world_size: int) -> Estimate:
     tower_params, tower_hidden, patches, assumed = _tower_shape(spec)
     if assumed:
         est.notes.append("vision tower assumed to be the released ViT-B/14 at 518 px (1369 patches)")
-    n_proj = spec.model.projector_type
-    depth = 1 if n_proj == "linear" else int(n_proj[3:].split("x")[0])
+    from llavarad_cli.model.loading import DTYPES
+    from llavarad_cli.model.projector import projector_depth
+
+    depth = projector_depth(spec.model.projector_type)
     proj_params = tower_hidden * hidden + hidden + (depth - 1) * (hidden * hidden + hidden)
     trainable = proj_params + lora
-    width = {"bf16": 2, "fp16": 2, "fp32": 4}[spec.train.precision]
+    width = DTYPES[spec.train.precision].itemsize
     shard = world_size if spec.deepspeed.zero_stage >= 1 and spec.deepspeed.config is None else 1
     grad_shard = world_size if spec.deepspeed.zero_stage >= 2 and spec.deepspeed.config is None else 1
     master = 4 if width == 2 else 0  # ZeRO keeps fp32 master weights of what trains under bf16/fp16

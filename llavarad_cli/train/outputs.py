@@ -30,7 +30,7 @@ def save_weights(model, spec: RunSpec, path: Path, reference_tower: bool = False
     by path instead of copying its weights into every checkpoint. The final output copies them, so it can be
     moved to another machine whole.
     """
-    from llavarad_cli.model.checkpoint import save_native_checkpoint
+    from llavarad_cli.model.native import save_native_checkpoint
     from llavarad_cli.train.build import tower_files
 
     files = None
@@ -53,7 +53,7 @@ def save_mm_projector_bin(model, path: Path) -> Path:
 
 
 def save_final(model, spec: RunSpec, out: Path, merge: bool = False, tokenizer=None) -> list[Path]:
-    from llavarad_cli.model.checkpoint import save_native_checkpoint
+    from llavarad_cli.model.native import save_native_checkpoint
 
     out = Path(out)
     written = [save_weights(model, spec, out) / "llavarad.json", out / "projector.safetensors"]

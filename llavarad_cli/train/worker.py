@@ -66,7 +66,8 @@ class Trainer:
         import torch.distributed as dist
 
         from llavarad_cli.train import checkpoint, launcher
-        from llavarad_cli.train.build import build_training_model, pad_token_id, parameter_groups
+        from llavarad_cli.model.loading import pad_token_id
+        from llavarad_cli.train.build import build_training_model, parameter_groups
         from llavarad_cli.train.dataset import EpochPlan, TrainingRecords, load_records
         from llavarad_cli.train.samples import text_budget
 

@@ -1,4 +1,4 @@
-"""The toolkit's own checkpoint layout, and ``load_model`` for both it and the released layout.
+"""The toolkit's own checkpoint layout ("native"): writing it, reading its config, loading it.
 
 Native layout (what ``pretrain``/``finetune`` save), all safetensors, one config file::
 
@@ -22,14 +22,14 @@ import torch
 
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import atomic_write_json
-from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
-from llavarad_cli.model.loading import (check_attn, load_lm, load_projector_weights, load_tokenizer, pick_device,
-                                        pick_dtype, projector_state_from)
-from llavarad_cli.model.projector import build_projector
+from llavarad_cli.model.assemble import assemble_model
+from llavarad_cli.model.llavarad import LlavaRadModel
+from llavarad_cli.model.loading import NATIVE_CONFIG, load_lm, load_tokenizer
+from llavarad_cli.model.lora import merge_lora
+from llavarad_cli.model.projector import projector_state_from
 from llavarad_cli.model.vision import build_vision_tower
-from llavarad_cli.model.weights import cache_dir, hub_offline, is_local, load_state_file, resolve_file
+from llavarad_cli.model.weights import cache_dir, is_local, load_state_file, resolve_file
 
-NATIVE_CONFIG = "llavarad.json"
 NATIVE_FORMAT = "llavarad-checkpoint"
 NATIVE_VERSION = 1
 LM_WEIGHTS = ("none", "adapter", "full")
@@ -148,8 +148,6 @@ def load_native(model: str, model_base: str | None, device: torch.device, dtype:
     tokenizer = load_tokenizer(str(root) if config.get("has_tokenizer") else base)
     lm = load_lm(base, dtype, device, attn_implementation)
     if lm_weights == "adapter":
-        from llavarad_cli.model.released import merge_lora
-
         adapter_config = resolve_file(str(root), "adapter_config.json", "LoRA adapter config")
         adapter_file = (resolve_file(str(root), "adapter_model.safetensors", "LoRA adapter weights", required=False)
                         or resolve_file(str(root), "adapter_model.bin", "LoRA adapter weights"))
@@ -160,54 +158,11 @@ def load_native(model: str, model_base: str | None, device: torch.device, dtype:
         resolve_file(str(root), tower_cfg.get("config", "vision_tower.json"), "vision tower config"),
         resolve_file(str(root), tower_cfg.get("weights", "vision_tower.safetensors"), "vision tower weights"),
         select_layer=int(tower_cfg.get("select_layer", -2)), trust_pickle=trust_pickle)
-    mm_hidden = int(config.get("mm_hidden_size", tower.hidden_size))
-    if mm_hidden != tower.hidden_size:
-        raise UserError(f"{root / NATIVE_CONFIG}: mm_hidden_size {mm_hidden} but the tower gives {tower.hidden_size}")
-    projector = build_projector(config["projector_type"], mm_hidden, lm.config.hidden_size)
     projector_file = resolve_file(str(root), "projector.safetensors", "projector weights")
-    load_projector_weights(projector, projector_state_from(load_state_file(projector_file), str(projector_file)),
-                           str(projector_file))
-    llava_config = LlavaRadConfig(projector_type=config["projector_type"], mm_hidden_size=mm_hidden,
-                                  select_layer=tower.select_layer,
-                                  vision_config_name=tower_cfg.get("name") or tower.name,
-                                  template=config.get("template", "v1"),
-                                  extra={**(config.get("extra") or {}), "source": str(model), "layout": "native"})
-    result = LlavaRadModel(lm, tower.to(device=device, dtype=dtype), projector.to(device=device, dtype=dtype),
-                           llava_config).eval()
-    return result, tokenizer
-
-
-def detect_layout(model: str) -> str:
-    """``native`` when the source has ``llavarad.json``, ``released`` when it has a LLaVA ``config.json``."""
-    if resolve_file(model, NATIVE_CONFIG, "llavarad checkpoint config", required=False) is not None:
-        return "native"
-    if resolve_file(model, "config.json", "model config", required=False) is not None:
-        return "released"
-    if is_local(model):
-        where = f"the folder {Path(model).expanduser()}"
-    elif hub_offline():
-        where = (f"a local folder `{model}` (none here) or the local Hugging Face cache for it, {cache_dir()} "
-                 "(offline: HF_HUB_OFFLINE=1, the hub was not asked)")
-    else:
-        where = (f"a local folder `{model}` (none here), the hub repo {model}, or the local Hugging Face cache "
-                 f"({cache_dir()}) when the hub was unreachable")
-    raise UserError(f"no model found: neither {NATIVE_CONFIG} nor config.json in {where}",
-                    hint="--model takes the released microsoft/llava-rad layout or a llavarad checkpoint folder")
-
-
-def load_model(model: str, model_base: str | None = None, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
-               trust_pickle: bool = False):
-    """Load ``(LlavaRadModel, tokenizer)`` from a native checkpoint or the released layout (local or hub).
-
-    Device defaults to CUDA when available; dtype to bf16 on GPUs that have it, fp32 on CPU.
-    """
-    chosen = device if isinstance(device, torch.device) else pick_device(device)
-    torch_dtype = pick_dtype(chosen, dtype)
-    check_attn(attn_implementation)
-    layout = detect_layout(str(model))
-    if layout == "native":
-        return load_native(str(model), model_base, chosen, torch_dtype, attn_implementation, trust_pickle)
-    from llavarad_cli.model.released import load_released
-
-    return load_released(str(model), model_base, chosen, torch_dtype, attn_implementation, trust_pickle)
+    result = assemble_model(lm, tower, config["projector_type"],
+                            projector_state=projector_state_from(load_state_file(projector_file), str(projector_file)),
+                            projector_origin=str(projector_file), mm_hidden_size=config.get("mm_hidden_size"),
+                            config_origin=str(root / NATIVE_CONFIG), dtype=dtype,
+                            template=config.get("template", "v1"), vision_config_name=tower_cfg.get("name"),
+                            extra={**(config.get("extra") or {}), "source": str(model), "layout": "native"})
+    return result.eval(), tokenizer

@@ -28,7 +28,7 @@ def _inputs(tok):
 
 @pytest.mark.parametrize("layout", ["released", "native"])
 def test_loaded_checkpoint_logits_equal_in_memory_model(written, layout):
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     root, models = written
     base = str(root / layout / "base") if layout == "released" else None
@@ -48,7 +48,8 @@ def test_loaded_checkpoint_logits_equal_in_memory_model(written, layout):
 
 
 def test_native_round_trip_of_a_saved_model(written, tmp_path):
-    from llavarad_cli.model.checkpoint import load_model, save_native_checkpoint
+    from llavarad_cli.model.loading import load_model
+    from llavarad_cli.model.native import save_native_checkpoint
 
     root, models = written
     loaded, tok = load_model(str(root / "native"), device="cpu")
@@ -61,7 +62,7 @@ def test_native_round_trip_of_a_saved_model(written, tmp_path):
 
 
 def test_missing_file_names_the_file_and_the_folder(written, tmp_path):
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     root, _ = written
     copy = tmp_path / "released"
@@ -77,7 +78,7 @@ def test_missing_file_names_the_file_and_the_folder(written, tmp_path):
 
 
 def test_hub_id_offline_and_not_cached_is_one_clear_message(monkeypatch, tmp_path):
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
@@ -91,7 +92,7 @@ def test_hub_id_offline_and_not_cached_is_one_clear_message(monkeypatch, tmp_pat
 
 
 def test_released_pickles_go_through_weights_only(written, tmp_path):
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     root, _ = written
     copy = tmp_path / "released"
@@ -130,7 +131,7 @@ def _hub_cache_copy(cache, repo, folder, leave_out=()):
 
 
 def test_partly_cached_hub_model_offline_names_the_missing_file_and_the_cache(written, monkeypatch, tmp_path):
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     root, _ = written
     _hub_cache_copy(tmp_path / "cache", "microsoft/llava-rad", root / "released", leave_out={"non_lora_trainables.bin"})
@@ -144,7 +145,7 @@ def test_partly_cached_hub_model_offline_names_the_missing_file_and_the_cache(wr
 
 
 def test_fully_cached_hub_model_loads_offline(written, monkeypatch, tmp_path):
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     root, models = written
     _hub_cache_copy(tmp_path / "cache", "microsoft/llava-rad", root / "released")
@@ -162,7 +163,7 @@ def test_lora_merge_is_w_plus_alpha_over_r_b_a_with_a_peft_0_4_adapter_config(wr
 
     from transformers import AutoModelForCausalLM
 
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     root, _ = written
     copy = tmp_path / "released"
@@ -187,7 +188,7 @@ def test_lora_merge_is_w_plus_alpha_over_r_b_a_with_a_peft_0_4_adapter_config(wr
 
 
 def test_non_lora_trainables_keys_renamed_like_the_reference(written, tmp_path):
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
     from llavarad_cli.model.released import rename_like_reference, split_non_lora_trainables
 
     t = torch.zeros(1)
@@ -213,3 +214,39 @@ def test_non_lora_trainables_keys_renamed_like_the_reference(written, tmp_path):
     torch.save({**state, "base_model.model.model.not_a_weight": head}, copy / "non_lora_trainables.bin")
     with pytest.raises(UserError, match="fit neither the projector nor the base LM"):
         load_model(str(copy), str(copy / "base"), device="cpu")
+
+
+def test_one_pad_rule_for_tokenizers_and_lm_configs():
+    from types import SimpleNamespace
+
+    from llavarad_cli.model.loading import pad_token_id
+
+    assert pad_token_id(SimpleNamespace(pad_token_id=5, unk_token_id=0, eos_token_id=2)) == 5
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, unk_token_id=0, eos_token_id=2)) == 0  # pad := unk
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=[2, 7])) == 2  # an LM config: no unk
+    assert pad_token_id(SimpleNamespace()) == 0
+
+
+def test_tokenizer_without_pad_pads_with_unk(tmp_path):
+    from llavarad_cli.model.loading import load_tokenizer, pad_token_id
+    from llavarad_cli.testing import tiny_tokenizer as build
+
+    tiny_tokenizer = build()
+    tiny_tokenizer.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert tiny_tokenizer.pad_token is None and loaded.pad_token == "<unk>"
+    assert loaded.pad_token_id == pad_token_id(loaded) == loaded.unk_token_id == 0
+
+
+def test_default_device_is_this_process_gpu_or_cpu(monkeypatch):
+    import torch
+
+    from llavarad_cli.model.loading import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert pick_device() == torch.device("cuda", 3)  # a launcher's rank 3 owns GPU 3
+    monkeypatch.delenv("LOCAL_RANK")
+    assert pick_device() == torch.device("cuda", 0)
