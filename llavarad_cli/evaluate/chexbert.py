@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.evaluate.attention import use_paper_attention
 from llavarad_cli.evaluate.labels import CONDITIONS
 
 MAX_LEN = 512
@@ -44,7 +45,9 @@ def build_labeler(config=None):
             return torch.stack([o.argmax(dim=1) for o in self(input_ids, attention_mask)], dim=1)
 
     # BertConfig's defaults are bert-base-uncased's shape (30522 vocab, 768 wide, 12 layers, 512 positions)
-    return CheXbertLabeler(config or BertConfig())
+    model = CheXbertLabeler(config or BertConfig())
+    use_paper_attention(model)
+    return model
 
 
 def labeler_config(weights: Path):

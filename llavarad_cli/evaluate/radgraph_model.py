@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llavarad_cli.evaluate.assets import SCORERS_REPO, MetricSkipped, radgraph_howto
+from llavarad_cli.evaluate.attention import use_paper_attention
 
 #: The BERT files read from the folder named in the archive's config.json (no weights: weights.th has them).
 BERT_FILES = ("config.json", "vocab.txt", "tokenizer_config.json")
@@ -224,7 +225,9 @@ def build(config: dict, vocab, bert_dir: Path):
         model_name=bert, max_length=embedder_cfg.get("max_length"))
     embedder = text_field_embedders.BasicTextFieldEmbedder({"bert": bert_embedder})
     model_args = {k: v for k, v in config["model"].items() if k not in _NOT_MODEL_ARGS}
-    return reader, DyGIE(vocab=vocab, embedder=embedder, **model_args)
+    model = DyGIE(vocab=vocab, embedder=embedder, **model_args)
+    use_paper_attention(model)
+    return reader, model
 
 
 class RadGraphAnnotator:
