@@ -5,18 +5,21 @@ Heavy imports (torch, transformers, deepspeed) happen inside the commands so tha
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
-from llavarad_cli.console import safe, visible
 
 from llavarad_cli import __version__
+from llavarad_cli.cli_app import App, err_console, user_errors
+from llavarad_cli.console import safe
 from llavarad_cli.errors import UserError
+from llavarad_cli.evaluate.options import EvalOptions
+from llavarad_cli.infer.settings import DEFAULT_BATCH_SIZE, GenerationSettings, ModelChoice
+from llavarad_cli.model.shapes import RELEASED_BASE
 
-app = typer.Typer(
+app = App(
     name="llavarad",
     help="Train, run and evaluate LLaVA-Rad-style chest X-ray findings models.\n\n"
     "Typical flow: prepare -> pretrain -> finetune -> infer -> merge-chunks -> evaluate.",
@@ -25,22 +28,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def user_errors(fn):
-    """Turn a UserError into one red line on stderr and exit code 2; bugs keep their traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {safe(exc.one_line())}", soft_wrap=True, highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
+#: Results go to stdout (so they can be piped or redirected); progress, notes and warnings to stderr.
+console = Console()  # err_console (stderr) comes from cli_app, which prints the error lines on it
+GEN = GenerationSettings()
+MODEL = ModelChoice()
+EVAL = EvalOptions()
+CHEXPROMPT = EVAL.chexprompt
 
 
 def _version_callback(value: bool):
@@ -150,16 +143,19 @@ def infer(
     query_file: Optional[Path] = typer.Option(None, "--query-file", help="Records JSON from `prepare` (or the PhysioNet annotation format)."),
     image_folder: Optional[Path] = typer.Option(None, "--image-folder", help="Folder the records' image paths are relative to."),
     output: Optional[Path] = typer.Option(None, "--output", help="Predictions JSONL (batch mode); rerunning resumes it."),
-    model: str = typer.Option("microsoft/llava-rad", "--model", help="Released LLaVA-Rad layout or a llavarad checkpoint: hub id or local dir."),
-    model_base: Optional[str] = typer.Option(None, "--model-base", help="Base LM: hub id or local dir (default: lmsys/vicuna-7b-v1.5 for the released layout, the recorded base for a llavarad checkpoint)."),
+    model: str = typer.Option(MODEL.model, "--model", help="Released LLaVA-Rad layout or a llavarad checkpoint: hub id or local dir."),
+    model_base: Optional[str] = typer.Option(None, "--model-base", help=f"Base LM: hub id or local dir (default: {RELEASED_BASE} for the released layout, the recorded base for a llavarad checkpoint)."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu (default: cuda when available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPUs that have it, else fp16; fp32 on CPU)."),
-    attn: str = typer.Option("sdpa", "--attn", help="Attention kernel: sdpa, eager or flash_attention_2 (needs flash-attn)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Reports per generate() call (length-sorted, left-padded)."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens generated per report (the paper used 256)."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy, as in the paper."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0)."),
-    num_beams: int = typer.Option(1, "--num-beams", min=1, help="Beam search width."),
+    attn: str = typer.Option(MODEL.attn, "--attn", help="Attention kernel: sdpa, eager or flash_attention_2 (needs flash-attn)."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Reports per generate() call (length-sorted, left-padded)."),
+    max_new_tokens: int = typer.Option(GEN.max_new_tokens, "--max-new-tokens", min=1, help="Tokens generated per report (the paper used 256)."),
+    temperature: float = typer.Option(GEN.temperature, "--temperature", min=0.0, help="0 = greedy, as in the paper."),
+    top_p: Optional[float] = typer.Option(GEN.top_p, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0)."),
+    num_beams: int = typer.Option(GEN.num_beams, "--num-beams", min=1, help="Beam search width."),
+    seed: Optional[int] = typer.Option(GEN.seed, "--seed", min=0, help="Seed for sampling (--temperature > 0), so a run can be repeated; also given to every --gpus worker."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N records of --query-file (a quick look before the full run)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start --output again instead of resuming it (the old file is replaced in one step)."),
     num_chunks: int = typer.Option(1, "--num-chunks", min=1, help="Split the records into K contiguous chunks..."),
     chunk_idx: int = typer.Option(0, "--chunk-idx", min=0, help="...and process chunk i of them."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="Start one worker per GPU and merge their outputs at the end."),
@@ -168,24 +164,15 @@ def infer(
 ):
     """Write findings for one image (--image) or a whole test set (--query-file), batched and resumable."""
     from llavarad_cli.infer import commands
-    from llavarad_cli.infer.generate import GenerationSettings
 
-    if (image is None) == (query_file is None):
-        raise UserError("give either --image (one X-ray) or --query-file (batch mode)")
-    choice = commands.ModelChoice(model, model_base, device, dtype, attn, trust_pickle)
-    settings = GenerationSettings(max_new_tokens, temperature, top_p, num_beams)
-    if image is not None:
-        commands.infer_single(image, reason, choice, settings, as_json, console, err_console)
-    elif gpus:
-        if num_chunks != 1 or chunk_idx != 0:
-            raise UserError("--gpus splits the records itself; leave out --num-chunks/--chunk-idx")
-        code = commands.infer_multi_gpu(query_file, image_folder, output, choice, settings, batch_size, gpus,
-                                        console, err_console)
-        if code:
-            raise typer.Exit(code)
-    else:
-        commands.infer_batch(query_file, image_folder, output, choice, settings, batch_size, num_chunks, chunk_idx,
-                             console, err_console)
+    choice = ModelChoice(model, model_base, device, dtype, attn, trust_pickle)
+    settings = GenerationSettings(max_new_tokens, temperature, top_p, num_beams, seed)
+    if image is not None and query_file is None:
+        return commands.infer_single(image, reason, choice, settings, as_json, console, err_console)
+    job = commands.BatchJob(query_file, image_folder, output, batch_size, limit, overwrite, num_chunks, chunk_idx)
+    code = commands.infer_batch(job, choice, settings, gpus, image is not None, console, err_console)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("merge-chunks")
@@ -215,26 +202,26 @@ def merge_chunks(
 @user_errors
 def evaluate(
     preds: Path = typer.Argument(..., help="Predictions JSONL from `infer` (id, prediction, reference per line)."),
-    metrics: str = typer.Option("bleu,rouge,chexbert,radgraph", "--metrics", help="Comma list of bleu, rouge, rouge2, chexbert, radgraph, chexprompt."),
-    bootstrap: int = typer.Option(500, "--bootstrap", min=0, help="Bootstrap resamples for 95% percentile intervals, the same resamples for every metric (0 = none)."),
-    seed: int = typer.Option(3, "--seed", help="Seed of the bootstrap (numpy default_rng)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help=f"Comma list of bleu, rouge, rouge2, chexbert, radgraph, chexprompt (default: {','.join(EVAL.metrics)}). A metric named here that cannot run is an error; one of the default set is skipped, with its reason."),
+    bootstrap: int = typer.Option(EVAL.bootstrap, "--bootstrap", min=0, help="Bootstrap resamples for 95% percentile intervals, the same resamples for every metric (0 = none)."),
+    seed: int = typer.Option(EVAL.seed, "--seed", help="Seed of the bootstrap (numpy default_rng)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json, main.csv, breakdown_n/p.csv and per_report.jsonl (default: PREDS_DIR/eval)."),
     plot: bool = typer.Option(False, "--plot", help="Also write per_observation_f1.png (needs chexbert)."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu for CheXbert/RadGraph (default: cuda when available)."),
     chexbert_weights: Optional[Path] = typer.Option(None, "--chexbert-weights", help="Local chexbert.pth (default: StanfordAIMI/RRG_scorers via the hub cache)."),
     chexbert_tokenizer: Optional[str] = typer.Option(None, "--chexbert-tokenizer", help="bert-base-uncased tokenizer: local folder or hub id (default: bert-base-uncased)."),
-    chexbert_batch_size: int = typer.Option(128, "--chexbert-batch-size", min=1, help="Reports per CheXbert forward pass (length-sorted)."),
+    chexbert_batch_size: int = typer.Option(EVAL.chexbert_batch_size, "--chexbert-batch-size", min=1, help="Reports per CheXbert forward pass (length-sorted)."),
     radgraph_weights: Optional[Path] = typer.Option(None, "--radgraph-weights", help="Folder with radgraph.tar.gz (StanfordAIMI/RRG_scorers) and the BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext/ tokenizer folder it names, or the archive itself (default: the hub or its cache); needs the radgraph package."),
     radgraph_annotations: Optional[Path] = typer.Option(None, "--radgraph-annotations", help="JSONL of precomputed RadGraph annotations {text, annotation}, used instead of running the model."),
-    cp_base_url: str = typer.Option("https://api.openai.com/v1", "--chexprompt-base-url", envvar="LLAVARAD_CHEXPROMPT_BASE_URL", help="OpenAI-compatible base URL (…/v1), or the Azure resource URL with --chexprompt-azure-deployment."),
-    cp_model: str = typer.Option("gpt-4-1106-preview", "--chexprompt-model", envvar="LLAVARAD_CHEXPROMPT_MODEL", help="Chat model name (GPT-4 Turbo as in the paper)."),
-    cp_key_env: str = typer.Option("OPENAI_API_KEY", "--chexprompt-api-key-env", help="Environment variable that holds the API key (not the key itself)."),
+    cp_base_url: str = typer.Option(CHEXPROMPT.base_url, "--chexprompt-base-url", envvar="LLAVARAD_CHEXPROMPT_BASE_URL", help="OpenAI-compatible base URL (…/v1), or the Azure resource URL with --chexprompt-azure-deployment."),
+    cp_model: str = typer.Option(CHEXPROMPT.model, "--chexprompt-model", envvar="LLAVARAD_CHEXPROMPT_MODEL", help="Chat model name (GPT-4 Turbo as in the paper)."),
+    cp_key_env: str = typer.Option(CHEXPROMPT.api_key_env, "--chexprompt-api-key-env", help="Environment variable that holds the API key (not the key itself)."),
     cp_deployment: Optional[str] = typer.Option(None, "--chexprompt-azure-deployment", envvar="LLAVARAD_CHEXPROMPT_AZURE_DEPLOYMENT", help="Azure OpenAI deployment name (switches to the Azure URL and api-key header)."),
-    cp_api_version: str = typer.Option("2024-02-01", "--chexprompt-api-version", envvar="OPENAI_API_VERSION", help="Azure OpenAI api-version."),
-    cp_rpm: float = typer.Option(30.0, "--chexprompt-rpm", min=0.0, help="Requests per minute at most (0 = no limit)."),
-    cp_workers: int = typer.Option(4, "--chexprompt-workers", min=1, help="Requests in flight at once."),
-    cp_retries: int = typer.Option(5, "--chexprompt-retries", min=0, help="Retries per request on 429/5xx/network errors, with exponential backoff."),
-    cp_cache: Optional[Path] = typer.Option(None, "--chexprompt-cache", help="Folder of the on-disk rating cache (default: ~/.cache/llavarad/chexprompt)."),
+    cp_api_version: str = typer.Option(CHEXPROMPT.api_version, "--chexprompt-api-version", envvar="OPENAI_API_VERSION", help="Azure OpenAI api-version."),
+    cp_rpm: float = typer.Option(CHEXPROMPT.requests_per_minute, "--chexprompt-rpm", min=0.0, help="Requests per minute at most (0 = no limit)."),
+    cp_workers: int = typer.Option(CHEXPROMPT.workers, "--chexprompt-workers", min=1, help="Requests in flight at once."),
+    cp_retries: int = typer.Option(CHEXPROMPT.max_retries, "--chexprompt-retries", min=0, help="Retries per request on 429/5xx/network errors, with exponential backoff."),
+    cp_cache: Optional[Path] = typer.Option(None, "--chexprompt-cache", help=f"Folder of the on-disk rating cache (default: {CHEXPROMPT.cache_dir})."),
     cp_prompt: Optional[Path] = typer.Option(None, "--chexprompt-prompt", help='JSON {"system": ..., "user": ...{reference}...{candidate}...} replacing the built-in prompt, which is our own wording (not the paper\'s): pass the original CheXprompt prompt here for parity.'),
 ):
     """Score predictions with BLEU-1/4, ROUGE-L, F1-CheXbert, F1-RadGraph (paper conventions) and CheXprompt.
@@ -242,66 +229,25 @@ def evaluate(
     BLEU: sacrebleu corpus BLEU, 13a, 0-100. ROUGE: rouge-score F per report, no stemmer, averaged, 0-1.
     F1-CheXbert: micro/macro over 14 and 5 observations, uncertain as negative (and as positive in the "+"
     columns). F1-RadGraph: original RadGraph model, partial reward, averaged. Every value is the metric on the
-    full set; intervals are bootstrap percentiles. Metrics whose weights are missing are skipped, with the file
-    they need; the others still run.
+    full set; intervals are bootstrap percentiles. Metrics of the default set whose weights are missing are
+    skipped, with the file they need; the others still run.
     """
-    from llavarad_cli.evaluate import EvalOptions, evaluate_pairs, load_pairs, parse_metrics, write_outputs
-    from llavarad_cli.evaluate.chexprompt import ChexpromptConfig
-    from llavarad_cli.evaluate.chexprompt_prompt import Prompt
-    from llavarad_cli.evaluate.report import console_table, prepare_out_dir
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from dataclasses import replace
 
-    names = parse_metrics(metrics)
-    # everything a user can get wrong is checked before the (possibly hour-long) scoring starts
-    if cp_prompt is not None and "chexprompt" in names:
-        Prompt.from_file(cp_prompt)
-    if radgraph_annotations is not None and "radgraph" in names and not radgraph_annotations.is_file():
-        raise UserError(f"--radgraph-annotations {radgraph_annotations}: file not found")
-    if device is not None and {"chexbert", "radgraph"} & set(names):
-        from llavarad_cli.model.loading import pick_device
+    from llavarad_cli.evaluate.commands import evaluate_file
+    from llavarad_cli.evaluate.runner import parse_metrics
 
-        pick_device(device)  # `gpu`, `cuda:7` on a 1-GPU box, ...: one line now, not a traceback mid-run
-    cp_cfg = ChexpromptConfig(base_url=cp_base_url, model=cp_model, api_key_env=cp_key_env,
-                              azure_deployment=cp_deployment, api_version=cp_api_version, requests_per_minute=cp_rpm,
-                              workers=cp_workers, max_retries=cp_retries)
-    if cp_cache is not None:
-        cp_cfg.cache_dir = cp_cache
-    options = EvalOptions(metrics=names, bootstrap=bootstrap, seed=seed, device=device,
+    chexprompt = replace(CHEXPROMPT, base_url=cp_base_url, model=cp_model, api_key_env=cp_key_env,
+                         azure_deployment=cp_deployment, api_version=cp_api_version, requests_per_minute=cp_rpm,
+                         workers=cp_workers, max_retries=cp_retries, cache_dir=cp_cache or CHEXPROMPT.cache_dir)
+    options = EvalOptions(metrics=parse_metrics(metrics) if metrics else EVAL.metrics, bootstrap=bootstrap, seed=seed, device=device,
                           chexbert_weights=chexbert_weights, chexbert_tokenizer=chexbert_tokenizer,
                           chexbert_batch_size=chexbert_batch_size, radgraph_weights=radgraph_weights,
-                          radgraph_annotations=radgraph_annotations, chexprompt=cp_cfg, chexprompt_prompt=cp_prompt)
-    pairs = load_pairs(preds)
-    out = prepare_out_dir(out or preds.parent / "eval")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bars:
-        def progress(label, total):
-            task = bars.add_task(label, total=total)
-            return lambda k: bars.advance(task, k)
-
-        result = evaluate_pairs(pairs, options, progress)
-    written = write_outputs(result, out, preds, options, plot=plot)
-    console.print(console_table(result, f"{preds.name}: {result.n} reports"
-                                + (f", {bootstrap} bootstrap resamples" if bootstrap else "")))
-    for name, reason in result.skipped.items():
-        console.print(f"[yellow]{safe(name)} skipped:[/] {safe(reason)}", soft_wrap=True, highlight=False)
-    if result.extra.get("empty_predictions"):
-        console.print(f"[yellow]{result.extra['empty_predictions']} empty prediction(s) scored as they are[/]")
-    if result.extra.get("empty_references"):
-        console.print(f"[yellow]{result.extra['empty_references']} empty reference(s) scored as they are[/]")
-    if result.extra.get("rouge_l_token_cap", {}).get("reports_cut"):
-        cap = result.extra["rouge_l_token_cap"]
-        console.print(f"[yellow]{cap['reports_cut']} pair(s) over {cap['max_tokens']:,} tokens cut to that for "
-                      f"ROUGE-L[/]")
-    if pairs.no_reference:
-        console.print(f"[yellow]{len(pairs.no_reference)} record(s) with a null reference left out, e.g. id "
-                      f"{safe(repr(pairs.no_reference[0]))} (listed in metrics.json)[/]")
-    if plot and not result.breakdowns:
-        console.print("[yellow]--plot needs the chexbert metric; no plot written[/]")
-    unusable = result.extra.get("chexprompt", {}).get("unusable_ratings", 0)
-    if unusable:
-        console.print(f"[yellow]CheXprompt: {unusable} of {result.n} report(s) got no usable rating and are left out "
-                      "of its means; rerun the same command to ask again for those only (the rest is cached)[/]")
-    console.print(f"wrote {safe(', '.join(p.name for p in written))} to {safe(out)}", highlight=False)
+                          radgraph_annotations=radgraph_annotations, chexprompt=chexprompt, chexprompt_prompt=cp_prompt)
+    code = evaluate_file(preds, options, out, plot, explicit=metrics is not None,
+                         out_console=console, err=err_console)
+    if code:
+        raise typer.Exit(code)
 
 
 # --- doctor ---------------------------------------------------------------------------------------------------

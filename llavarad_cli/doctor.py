@@ -6,7 +6,6 @@ import os
 import platform
 
 
-
 def hub_status(timeout: float = 3.0) -> str:
     """Offline mode if set; otherwise whether the Hugging Face hub answers within ``timeout`` seconds."""
     flags = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true", "yes")]
@@ -31,10 +30,41 @@ def hf_cache_dir() -> str:
         return os.path.join(home, "hub")
 
 
+def _cached(repo: str, filename: str, revision: str | None = None) -> str | None:
+    """The file's path in the local Hugging Face cache, or None; never downloads."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo, filename, revision=revision)
+    except Exception:  # an unreadable or odd cache means "not found here"
+        return None
+    return path if isinstance(path, str) else None
+
+
+def scorer_rows() -> list[tuple[str, str]]:
+    """Whether `evaluate` finds the CheXbert and RadGraph weights in the HF cache (looked up, not downloaded)."""
+    from llavarad_cli.evaluate.assets import RADGRAPH_REVISION, SCORERS_REPO
+
+    rows = []
+    for label, filename, revision, flag in (("CheXbert weights", "chexbert.pth", None, "--chexbert-weights"),
+                                            ("RadGraph weights", "radgraph.tar.gz", RADGRAPH_REVISION,
+                                             "--radgraph-weights")):
+        metric = "F1-" + label.split()[0]
+        path = _cached(SCORERS_REPO, filename, revision)
+        if path:
+            rows.append((label, f"found in the HF cache: {path}"))
+        else:
+            pin = f" --revision {revision}" if revision else ""
+            rows.append((label, f"not in the HF cache: {metric} needs `evaluate {flag} DIR` after "
+                                f"`hf download {SCORERS_REPO} {filename}{pin} --local-dir DIR`"))
+    return rows
+
+
 def collect(check_hub: bool = True) -> list[tuple[str, str]]:
     from llavarad_cli.versions import package_versions
 
     versions = package_versions()
+    flash_attn = versions.pop("flash-attn", None)  # its own row below says whether the kernel can be used
     rows: list[tuple[str, str]] = [("python", versions.pop("python")),
                                    ("platform", f"{platform.system()} {platform.machine()}")]
     rows += [(name, version or "not installed") for name, version in versions.items()]
@@ -52,13 +82,10 @@ def collect(check_hub: bool = True) -> list[tuple[str, str]]:
         rows.append(("CUDA", "no GPU visible: training and inference run on CPU (slow for 7B models)"))
         bf16 = "CPU only (fp32 is used on CPU)"
     rows.append(("bf16", bf16))
-    try:
-        import importlib.util
-        has_fa = importlib.util.find_spec("flash_attn") is not None
-    except Exception:
-        has_fa = False
-    rows.append(("flash-attn", "available" if has_fa else "not installed: SDPA attention is used (pip install '.[gpu]')"))
+    rows.append(("flash-attn", f"{flash_attn} (--attn flash_attention_2 can be used)" if flash_attn
+                 else "not installed: SDPA attention is used (pip install '.[gpu]')"))
     rows.append(("HF hub", hub_status() if check_hub else "not checked"))
     rows.append(("HF cache", hf_cache_dir()))
+    rows.extend(scorer_rows())
     rows.append(("CPU cores", str(os.cpu_count())))
     return rows

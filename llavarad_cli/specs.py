@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.model.shapes import RELEASED_BASE, RELEASED_MODEL
 
 Stage = Literal["pretrain", "finetune"]
 STAGES: tuple[str, ...] = ("pretrain", "finetune")
@@ -45,7 +46,7 @@ class VisionTowerSection(Section):
         None, description="weights of the vision tower (e.g. biomedclipcxr_518_checkpoint.pt); "
         "null = taken from `released_from`")
     released_from: str = Field(
-        "microsoft/llava-rad", description="hub id or local dir holding biomedclipcxr_518.json and its checkpoint")
+        RELEASED_MODEL, description="hub id or local dir holding biomedclipcxr_518.json and its checkpoint")
     select_layer: int = Field(-2, description="hidden state fed to the projector (-2 = penultimate block)")
 
     @field_validator("config", "checkpoint")
@@ -55,7 +56,7 @@ class VisionTowerSection(Section):
 
 
 class ModelSection(Section):
-    base: str = Field("lmsys/vicuna-7b-v1.5", description="base language model: hub id or local directory")
+    base: str = Field(RELEASED_BASE, description="base language model: hub id or local directory")
     vision_tower: VisionTowerSection = Field(default_factory=VisionTowerSection)
     projector_type: str = Field("mlp2x_gelu", description="`linear` or `mlp{N}x_gelu`")
     pretrained_projector: Optional[Path] = Field(

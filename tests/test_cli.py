@@ -20,11 +20,70 @@ def test_help_lists_every_subcommand():
         assert name in result.output
 
 
+#: What each command's help must say: its summary line and the options a user looks for.
+HELP = {
+    "prepare": ("Build training/evaluation records", ["--out", "--mimic-dir", "--openi-reports", "--image-size", "--overwrite"]),
+    "pretrain": ("Stage 1: align the projector", ["--print-spec", "--dry-run", "--set", "--num-workers"]),
+    "finetune": ("Stage 2: LoRA", ["--print-spec", "--dry-run", "--set", "--merge"]),
+    "infer": ("Write findings for one image", ["--image", "--query-file", "--output", "--limit", "--overwrite",
+                                               "--seed", "--gpus", "--max-new-tokens"]),
+    "merge-chunks": ("Join per-GPU prediction files", ["--output", "--query-file", "--allow-missing"]),
+    "evaluate": ("Score predictions with BLEU-1/4", ["--metrics", "--bootstrap", "--chexbert-weights", "--plot"]),
+    "doctor": ("Report versions, GPUs and memory", ["--no-hub"]),
+}
+
+
+def _help(*command: str) -> str:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, (command, result.output)
+    return result.output
+
+
 def test_each_subcommand_has_help():
-    for name in SUBCOMMANDS:
-        result = runner.invoke(app, [name, "--help"])
-        assert result.exit_code == 0, (name, result.output)
-        assert "--" in result.output  # documents options
+    assert set(HELP) == set(SUBCOMMANDS)
+    for name, (summary, options) in HELP.items():
+        text = _help(name)
+        assert f"Usage: llavarad {name}" in text and summary in text, name
+        for option in options:
+            assert option in text, (name, option)
+        assert "<bool>" not in text, name  # a flag takes no value: no type placeholder
+
+
+def test_option_defaults_are_the_librarys():
+    """The CLI shows and uses the library's defaults instead of writing them again."""
+    import typer
+
+    from llavarad_cli.evaluate.options import DEFAULT_METRICS, EvalOptions
+    from llavarad_cli.infer.settings import DEFAULT_BATCH_SIZE, GenerationSettings, ModelChoice
+
+    commands = typer.main.get_command(app).commands
+    infer = {p.name: p.default for p in commands["infer"].params}
+    gen, choice = GenerationSettings(), ModelChoice()
+    assert (infer["max_new_tokens"], infer["temperature"], infer["top_p"], infer["num_beams"], infer["seed"]) == \
+        (gen.max_new_tokens, gen.temperature, gen.top_p, gen.num_beams, gen.seed)
+    assert (infer["model"], infer["attn"], infer["batch_size"]) == (choice.model, choice.attn, DEFAULT_BATCH_SIZE)
+    evaluate = {p.name: p.default for p in commands["evaluate"].params}
+    ev = EvalOptions()
+    assert (evaluate["bootstrap"], evaluate["seed"], evaluate["chexbert_batch_size"]) == \
+        (ev.bootstrap, ev.seed, ev.chexbert_batch_size)
+    cp = ev.chexprompt
+    assert (evaluate["cp_base_url"], evaluate["cp_model"], evaluate["cp_api_version"], evaluate["cp_rpm"],
+            evaluate["cp_workers"], evaluate["cp_retries"]) == \
+        (cp.base_url, cp.model, cp.api_version, cp.requests_per_minute, cp.workers, cp.max_retries)
+    assert "default: " + ",".join(DEFAULT_METRICS) in " ".join(_help("evaluate").split())
+    assert "[default: 256]" in _help("infer") and "[default: 500]" in _help("evaluate")
+
+
+def test_usage_errors_are_one_line_exit_2():
+    for args, words in ((["infer", "--bogus"], "No such option: --bogus"),
+                        (["infer", "--batch-size", "x"], "Invalid value for '--batch-size'"),
+                        (["evaluate"], "Missing argument"),
+                        (["nosuch"], "No such command 'nosuch'")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (args, result.output)
+        assert "--help` lists the" in lines[0]
 
 
 def test_version():
@@ -41,6 +100,31 @@ def test_doctor_prints_a_table_without_gpu_or_hub(monkeypatch):
                  "HF hub", "HF cache"):
         assert item in result.output
     assert "offline mode" in result.output
+    rows = [line.split("│")[1].strip() for line in result.output.splitlines() if line.count("│") >= 3]
+    assert rows.count("flash-attn") == 1
+    assert "CheXbert weights" in rows and "RadGraph weights" in rows
+
+
+def test_doctor_finds_scorer_weights_in_the_hf_cache_without_downloading(monkeypatch, tmp_path):
+    from llavarad_cli.doctor import scorer_rows
+    from llavarad_cli.evaluate.assets import SCORERS_REPO
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    rows = dict(scorer_rows())
+    assert rows["CheXbert weights"].startswith("not in the HF cache") and "--chexbert-weights" in rows["CheXbert weights"]
+    # a cached chexbert.pth, laid out as huggingface_hub stores it
+    repo = cache / f"models--{SCORERS_REPO.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "chexbert.pth").write_bytes(b"x")
+    rows = dict(scorer_rows())
+    assert rows["CheXbert weights"] == f"found in the HF cache: {repo / 'snapshots' / 'abc123' / 'chexbert.pth'}"
+    assert rows["RadGraph weights"].startswith("not in the HF cache")
 
 
 def test_print_spec_then_dry_run(tmp_path):

@@ -162,13 +162,15 @@ def test_model_metric_skips_name_the_missing_file(tmp_path, preds):
     path, _ = preds
     res = runner.invoke(app, ["evaluate", str(path), "--metrics", "bleu,chexbert,radgraph", "--bootstrap", "0",
                               "--chexbert-weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "ev")])
-    assert res.exit_code == 0, res.output
+    # asked for by name and could not run: exit 1 (the default set would skip it and exit 0), outputs still written
+    assert res.exit_code == 1, res.output
+    assert "not scored: F1-CheXbert, F1-RadGraph, asked for with --metrics" in " ".join(res.output.split())
     skipped = json.loads((tmp_path / "ev/metrics.json").read_text())["skipped"]
     assert "none.pth: file not found" in skipped["F1-CheXbert"]
     fixtures.random_chexbert(tmp_path / "w" / "chexbert.pth", fixtures.tiny_bert_config(100))
     res = runner.invoke(app, ["evaluate", str(path), "--metrics", "chexbert", "--bootstrap", "0", "--chexbert-weights",
                               str(tmp_path / "w"), "--chexbert-tokenizer", str(tmp_path / "no-tok"), "--out", str(tmp_path / "ev")])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
     reason = json.loads((tmp_path / "ev/metrics.json").read_text())["skipped"]["F1-CheXbert"]
     assert "vocab.txt" in reason and "--chexbert-tokenizer" in reason
 
@@ -221,7 +223,7 @@ def test_unusable_chexprompt_ratings_are_reported_on_the_console(tmp_path, preds
                                   "--chexprompt-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "ev")])
     finally:
         server.close()
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # asked for, and no value came out of it
     assert "CheXprompt: 10 of 10 report(s) got no usable rating" in " ".join(res.output.split())
     m = json.loads((tmp_path / "ev/metrics.json").read_text())
     assert m["chexprompt"]["unusable_ratings"] == 10 and "CheXprompt-significant" in m["skipped"]

@@ -113,7 +113,7 @@ def test_no_weights_offline_skips_radgraph_with_both_files_and_other_metrics_run
     preds = _write_preds(tmp_path / "preds.jsonl", HYPS, REFS)
     res = CliRunner().invoke(app, ["evaluate", str(preds), "--metrics", "bleu,radgraph", "--bootstrap", "0",
                                    "--out", str(tmp_path / "ev")])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # radgraph was asked for by name: not scoring it is a failure
     m = json.loads((tmp_path / "ev/metrics.json").read_text())
     assert "BLEU-4" in m["metrics"] and "F1-RadGraph" not in m["metrics"]
     reason = m["skipped"]["F1-RadGraph"]

@@ -100,6 +100,13 @@ def write_outputs(result: EvalResult, out: Path, preds: Path, options, plot: boo
     return written
 
 
+def observation_labels(breakdowns: dict, names: list[str]) -> list[str]:
+    """``Edema (n=12 / 15)``: each mapping's own support beside its bar (uncertain as negative / as positive);
+    the uncertain-as-positive mapping counts more reference positives, so one ``n`` would be wrong for it."""
+    keys = [k for k in ("n", "p") if k in breakdowns]
+    return [f"{c} (n={' / '.join(str(int(breakdowns[k][c]['support'])) for k in keys)})" for c in names]
+
+
 def plot_breakdown(breakdowns: dict, path: Path) -> Path:
     """Horizontal bars of per-observation F1, uncertain as negative and as positive side by side."""
     import matplotlib
@@ -114,11 +121,12 @@ def plot_breakdown(breakdowns: dict, path: Path) -> Path:
     for offset, key, label in ((-0.2, "n", "uncertain = negative"), (0.2, "p", "uncertain = positive (+)")):
         if key in breakdowns:
             ax.barh(y + offset, [breakdowns[key][c]["f1-score"] for c in names], height=0.4, label=label)
-    ax.set_yticks(y, [f"{c} (n={int(breakdowns['n'][c]['support'])})" for c in names])
+    ax.set_yticks(y, observation_labels(breakdowns, names))
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1 (CheXbert labels of prediction vs reference)")
-    ax.set_title("n = reference positives (uncertain as negative)", fontsize=9)
+    ax.set_title("n = reference positives, uncertain as negative" + (" / as positive" if "p" in breakdowns else ""),
+                 fontsize=9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -6,34 +6,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 
 from llavarad_cli.evaluate import lexical
 from llavarad_cli.evaluate.assets import MetricSkipped
 from llavarad_cli.evaluate.bootstrap import Score, percentile_interval, resample_counts
-from llavarad_cli.evaluate.chexprompt import ChexpromptConfig
+from llavarad_cli.evaluate.options import DEFAULT_METRICS, METRICS, EvalOptions  # noqa: F401 (re-exported)
 from llavarad_cli.evaluate.records import Pair, is_empty
 from llavarad_cli.errors import UserError
-
-METRICS = ("bleu", "rouge", "rouge2", "chexbert", "radgraph", "chexprompt")
-DEFAULT_METRICS = ("bleu", "rouge", "chexbert", "radgraph")
-
-
-@dataclass
-class EvalOptions:
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    bootstrap: int = 500
-    seed: int = 3
-    device: str | None = None
-    chexbert_weights: Path | None = None
-    chexbert_tokenizer: str | None = None
-    chexbert_batch_size: int = 128
-    radgraph_weights: Path | None = None
-    radgraph_annotations: Path | None = None
-    chexprompt: ChexpromptConfig = field(default_factory=ChexpromptConfig)
-    chexprompt_prompt: Path | None = None
 
 
 @dataclass

@@ -8,32 +8,14 @@ from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
-from llavarad_cli.console import safe, visible
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.text import Text
 
+from llavarad_cli.console import safe, visible
 from llavarad_cli.errors import UserError
-
-
-@dataclass
-class ModelChoice:
-    model: str = "microsoft/llava-rad"
-    model_base: Optional[str] = None
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-    attn: str = "sdpa"
-    trust_pickle: bool = False
-
-    def cli_args(self) -> list[str]:
-        args = ["--model", self.model, "--attn", self.attn]
-        if self.model_base:
-            args += ["--model-base", self.model_base]
-        if self.dtype:
-            args += ["--dtype", self.dtype]
-        if self.trust_pickle:
-            args.append("--trust-pickle")
-        return args
+from llavarad_cli.infer.chunks import chunk_bounds
+from llavarad_cli.infer.settings import DEFAULT_BATCH_SIZE, GenerationSettings, ModelChoice
 
 
 class RateColumn(ProgressColumn):
@@ -75,35 +57,106 @@ def infer_single(image: Path, reason: Optional[str], choice: ModelChoice, settin
         out.print(visible(findings), markup=False, highlight=False, soft_wrap=True)
 
 
-def infer_batch(query_file: Path, image_folder: Optional[Path], output: Optional[Path], choice: ModelChoice,
-                settings, batch_size: int, num_chunks: int, chunk_idx: int, out: Console, err: Console) -> None:
-    from llavarad_cli.infer.queries import read_queries
-    from llavarad_cli.infer.runner import run_queries, select_chunk
-    from llavarad_cli.infer.writer import scan_predictions
+@dataclass
+class BatchJob:
+    """Batch mode: which records, where the findings go, and how to resume (or not)."""
 
-    if output is None:
-        raise UserError("--query-file needs --output (the predictions JSONL)")
-    if image_folder is None or not image_folder.is_dir():
-        raise UserError(f"--image-folder {image_folder or '(missing)'}: not a folder",
-                        hint="the folder the records' `image` paths are relative to")
-    query_set = read_queries(query_file)
-    chunk = select_chunk(query_set.queries, num_chunks, chunk_idx)
-    label = f"chunk {chunk_idx + 1}/{num_chunks}: " if num_chunks > 1 else ""
+    query_file: Optional[Path]
+    image_folder: Optional[Path]
+    output: Optional[Path]
+    batch_size: int = DEFAULT_BATCH_SIZE
+    limit: Optional[int] = None        # only the first N records
+    overwrite: bool = False            # start the output again instead of resuming it
+    num_chunks: int = 1
+    chunk_idx: int = 0
+
+    def check(self) -> None:
+        """The arguments alone, before anything slow is imported or loaded."""
+        if self.output is None:
+            raise UserError("--query-file needs --output (the predictions JSONL)")
+        if self.image_folder is None or not self.image_folder.is_dir():
+            raise UserError(f"--image-folder {self.image_folder or '(missing)'}: not a folder",
+                            hint="the folder the records' `image` paths are relative to")
+        chunk_bounds(0, self.num_chunks, self.chunk_idx)
+
+    def cli_args(self) -> list[str]:
+        """The records part of a worker's ``llavarad infer`` command line (``--gpus``)."""
+        args = ["--query-file", str(self.query_file), "--image-folder", str(self.image_folder),
+                "--batch-size", str(self.batch_size)]
+        if self.limit is not None:
+            args += ["--limit", str(self.limit)]
+        if self.overwrite:
+            args.append("--overwrite")
+        return args
+
+
+def infer_batch(job: BatchJob, choice: ModelChoice, settings: GenerationSettings, gpus: Optional[int],
+                with_image: bool, out: Console, err: Console) -> int:
+    """``--query-file`` mode, on this process or on ``gpus`` workers. Returns the exit code."""
+    if job.query_file is None or with_image:
+        raise UserError("give either --image (one X-ray) or --query-file (batch mode)")
+    job.check()
+    if gpus:
+        if job.num_chunks != 1 or job.chunk_idx != 0:
+            raise UserError("--gpus splits the records itself; leave out --num-chunks/--chunk-idx")
+        return infer_multi_gpu(job, choice, settings, gpus, out, err)
+    _infer_chunk(job, choice, settings, out, err)
+    return 0
+
+
+def _read_records(job: BatchJob, err: Console):
+    from llavarad_cli.infer.queries import read_queries
+
+    query_set = read_queries(job.query_file)
     notes = [f"{len(query_set.queries)} records ({query_set.source_format} format)"]
     if query_set.skipped:
         notes.append("left out: " + ", ".join(f"{v} {k}" for k, v in sorted(query_set.skipped.items())))
     if query_set.renamed_duplicates:
         notes.append(f"{query_set.renamed_duplicates} repeated ids got the image name appended")
-    err.print(f"{safe(str(query_file))}: " + "; ".join(notes), highlight=False, soft_wrap=True)
+    queries = query_set.queries
+    if job.limit is not None and job.limit < len(queries):
+        queries = queries[:job.limit]
+        notes.append(f"--limit: the first {job.limit}")
+    err.print(f"{safe(job.query_file)}: " + "; ".join(notes), highlight=False, soft_wrap=True)
+    return queries
+
+
+def start_again(output: Path) -> None:
+    """``--overwrite``: replace the predictions file by an empty one in one step (a rename), so that a kill
+    leaves either the old file or the new one, never a half-deleted one. A file that is not predictions is
+    still refused (a mistyped --output must not cost the file it points at)."""
+    from llavarad_cli.infer.writer import scan_predictions
+    from llavarad_cli.io_utils import atomic_write_text
+
+    scan_predictions(output)
+    if output.exists():
+        atomic_write_text(output, "")
+
+
+def _infer_chunk(job: BatchJob, choice: ModelChoice, settings: GenerationSettings, out: Console,
+                 err: Console) -> None:
+    from llavarad_cli.infer.runner import select_chunk
+    from llavarad_cli.infer.writer import scan_predictions
+
+    output = job.output
+    chunk = select_chunk(_read_records(job, err), job.num_chunks, job.chunk_idx)
+    label = f"chunk {job.chunk_idx + 1}/{job.num_chunks}: " if job.num_chunks > 1 else ""
+    if job.overwrite:
+        start_again(output)
     done, _ = scan_predictions(output)
     if all(q.id in done for q in chunk):
         if not output.exists():  # an empty chunk (more chunks than records) still leaves its file for the merge
             output.parent.mkdir(parents=True, exist_ok=True)
             output.touch()
-        out.print(f"{label}all {len(chunk)} records already in {safe(str(output))}; nothing to do", highlight=False, soft_wrap=True)
+        if chunk:
+            text = f"all {len(chunk)} records already in {safe(output)}; nothing to do"
+        else:
+            text = f"no records fall in this chunk (more chunks than records); wrote an empty {safe(output)}"
+        out.print(label + text, highlight=False, soft_wrap=True)
         return
 
     from llavarad_cli.infer.generate import Predictor
+    from llavarad_cli.infer.runner import run_queries
 
     model, tokenizer = _load(choice, err)
     predictor = Predictor(model, tokenizer, settings)
@@ -112,7 +165,7 @@ def infer_batch(query_file: Path, image_folder: Optional[Path], output: Optional
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task(f"{label}writing findings", total=None)
         summary = run_queries(
-            predictor, chunk, image_folder, output, batch_size,
+            predictor, chunk, job.image_folder, output, job.batch_size,
             on_start=lambda n: progress.update(task, total=n),
             on_progress=lambda ok, bad: progress.advance(task, ok + bad))
     _print_summary(summary, label, out, err)
@@ -134,28 +187,19 @@ def _print_summary(summary, label: str, out: Console, err: Console) -> None:
             err.print(f"  {safe(example)}", highlight=False, soft_wrap=True)
 
 
-def infer_multi_gpu(query_file: Path, image_folder: Optional[Path], output: Optional[Path], choice: ModelChoice,
-                    settings, batch_size: int, gpus: int, out: Console, err: Console) -> int:
+def infer_multi_gpu(job: BatchJob, choice: ModelChoice, settings: GenerationSettings, gpus: int, out: Console,
+                    err: Console) -> int:
     """Exit code of the final merge: 1 when it found bad lines or conflicting ids (records skipped for image
     problems are reported but allowed)."""
     from llavarad_cli.infer.launch import check_gpus, run_workers
-    from llavarad_cli.infer.queries import read_queries
 
-    if output is None:
-        raise UserError("--gpus needs --query-file and --output")
-    if image_folder is None or not image_folder.is_dir():  # here, not once per worker in its log
-        raise UserError(f"--image-folder {image_folder or '(missing)'}: not a folder",
-                        hint="the folder the records' `image` paths are relative to")
     check_gpus(gpus)
-    query_set = read_queries(query_file)  # fail here, not in N workers
-    args = ["--query-file", str(query_file), "--image-folder", str(image_folder), *choice.cli_args(),
-            "--batch-size", str(batch_size), "--max-new-tokens", str(settings.max_new_tokens),
-            "--temperature", str(settings.temperature), "--num-beams", str(settings.num_beams)]
-    if settings.top_p is not None:
-        args += ["--top-p", str(settings.top_p)]
-    with err.status(f"{gpus} workers running (logs in {safe(str(output.parent / 'logs'))}) …"):
-        parts = run_workers(args, output, gpus, output.parent / "logs")
-    return report_merge(parts, output, [q.id for q in query_set.queries], allow_missing=True, out=out, err=err)
+    queries = _read_records(job, err)  # fail here, not in N workers
+    args = [*job.cli_args(), *choice.cli_args(), *settings.cli_args()]
+    logs = job.output.parent / "logs"
+    with err.status(f"{gpus} workers running (logs in {safe(logs)}) …"):
+        parts = run_workers(args, job.output, gpus, logs)
+    return report_merge(parts, job.output, [q.id for q in queries], allow_missing=True, out=out, err=err)
 
 
 def report_merge(files, output: Path, query_ids, allow_missing: bool, out: Console, err: Console) -> int:

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
 
+from llavarad_cli.infer.settings import GenerationSettings  # also imported from here by library users
 from llavarad_cli.model.loading import pad_token_id
 from llavarad_cli.prompts import IMAGE_TOKEN, V1_SEP2, render_v1_inference, tokenizer_image_token
-
-
-@dataclass
-class GenerationSettings:
-    """Greedy, 256 new tokens, by default: the paper's evaluation settings."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float | None = None
-    num_beams: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def kwargs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
-                               "use_cache": True, **self.extra}
-        if self.temperature > 0:
-            out.update(do_sample=True, temperature=self.temperature)
-            if self.top_p is not None:
-                out["top_p"] = self.top_p
-        else:
-            # Explicitly unset, so a checkpoint's generation_config cannot turn sampling back on.
-            out.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return out
 
 
 def render_prompt(query: str, template: str) -> str:
@@ -47,6 +24,8 @@ class Predictor:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings or GenerationSettings()
+        if self.settings.seed is not None:
+            torch.manual_seed(self.settings.seed)  # CPU and every CUDA device: sampled findings repeat
         self.template = getattr(model.config, "template", "v1")
         self.pad_id = pad_token_id(tokenizer)
         self.eos_id = tokenizer.eos_token_id

@@ -19,6 +19,7 @@ from llavarad_cli.model.assemble import assemble_model
 from llavarad_cli.model.loading import load_lm, load_tokenizer
 from llavarad_cli.model.lora import merge_lora
 from llavarad_cli.model.projector import projector_state_from
+from llavarad_cli.model.shapes import RELEASED_BASE
 from llavarad_cli.model.vision import build_vision_tower
 from llavarad_cli.model.weights import load_state_file, resolve_file
 
@@ -26,7 +27,7 @@ from llavarad_cli.model.weights import load_state_file, resolve_file
 RELEASED_TOWER_CONFIG = "biomedclipcxr_518.json"
 RELEASED_TOWER_CHECKPOINT = "biomedclipcxr_518_checkpoint.pt"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-DEFAULT_BASE = "lmsys/vicuna-7b-v1.5"
+DEFAULT_BASE = RELEASED_BASE
 
 
 def read_released_config(path: Path) -> dict[str, Any]:

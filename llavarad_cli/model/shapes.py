@@ -1,10 +1,15 @@
-"""Published shapes of the released LLaVA-Rad parts (the model card's BiomedCLIP-CXR 518 tower and Vicuna-7B v1.5).
+"""Published names and shapes of the released LLaVA-Rad parts (the model card's BiomedCLIP-CXR 518 tower and Vicuna-7B v1.5).
 
 One place for them: dry-run memory estimates use them before anything is downloaded, and the GPU benchmarks
 build the full-size architecture from them with random weights.
 """
 
 from __future__ import annotations
+
+#: The released LLaVA-Rad weights on the hub (the default of `infer --model` and of the tower's source).
+RELEASED_MODEL = "microsoft/llava-rad"
+#: The base LM the released weights were trained on (the default base LM everywhere).
+RELEASED_BASE = "lmsys/vicuna-7b-v1.5"
 
 #: The vision side of the released biomedclipcxr_518.json; the BiomedBERT text tower is never built.
 RELEASED_VISION_CONFIG = {
@@ -21,4 +26,4 @@ VICUNA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, nu
                  bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
 
 #: Base LMs whose shape is known without their config.json.
-KNOWN_LM_SHAPES = {"lmsys/vicuna-7b-v1.5": VICUNA_7B}
+KNOWN_LM_SHAPES = {RELEASED_BASE: VICUNA_7B}

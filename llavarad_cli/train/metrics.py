@@ -78,6 +78,13 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+def loss_curve_title(stage: str, out_dir: Path) -> str:
+    """``llavarad finetune: run-3``; just ``llavarad pretrain`` when the output folder is named after the stage
+    (``runs/pretrain``), instead of saying it twice."""
+    name = Path(out_dir).name
+    return f"llavarad {stage}" if name in ("", stage) else f"llavarad {stage}: {name}"
+
+
 def plot_loss_curve(metrics_path: Path, png_path: Path, title: str) -> Path | None:
     """Loss (and learning rate, on a second axis) against the optimizer step; None when nothing was logged."""
     rows = [r for r in read_metrics(metrics_path) if "loss" in r]

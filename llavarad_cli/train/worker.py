@@ -232,7 +232,7 @@ class Trainer:
     def finish(self, total: int) -> dict:
         import torch.distributed as dist
 
-        from llavarad_cli.train.metrics import plot_loss_curve
+        from llavarad_cli.train.metrics import loss_curve_title, plot_loss_curve
         from llavarad_cli.train.outputs import save_final
 
         counts = self._global_counts()
@@ -240,7 +240,7 @@ class Trainer:
         if self.rank == 0:
             written = save_final(self.model, self.spec, self.out, merge=self.merge, tokenizer=self.tokenizer)
             png = plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss_curve.png",
-                                  f"llavarad {self.spec.stage}: {self.out.name}")
+                                  loss_curve_title(self.spec.stage, self.out))
             summary["outputs"] = [str(p) for p in written] + ([str(png)] if png else [])
             atomic_write_json(self.out / "train_summary.json", summary)
             skipped = sum(v for k, v in counts.items() if k != "truncated")
