@@ -206,3 +206,30 @@ def test_gpus_run_fails_when_its_merge_is_not_clean(ckpt, images, queries, tmp_p
     assert result.exit_code == 2 and "--image-folder" in result.output  # checked before any worker starts
     result = _run("--query-file", queries, "--image-folder", images, "--output", out, "--model", ckpt, "--gpus", "2")
     assert result.exit_code == 1 and "conflicting duplicate id" in result.output and not out.exists()
+
+
+def test_batch_counts_undecodable_dicom_and_symlinked_images_and_goes_on(ckpt, images, tmp_path):
+    # A DICOM in a compression nothing installed decodes (or not DICOM at all), and a link out of the image
+    # folder: each a counted skip; the batch still writes the good record.
+    from test_images import _compressed_dicom
+
+    from pydicom.uid import JPEGLSLossless
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = next(images.rglob("*.png"))
+    (folder / "good.png").write_bytes(good.read_bytes())
+    _compressed_dicom(folder / "jls.dcm", JPEGLSLossless, b"\xff\xd8\xff\xf7 stream")
+    (folder / "fake.dcm").write_bytes(b"not a dicom")
+    (tmp_path / "private.png").write_bytes(good.read_bytes())
+    (folder / "link.png").symlink_to(tmp_path / "private.png")
+    records = [_record("good", "good.png"), _record("jls", "jls.dcm"), _record("fake", "fake.dcm"),
+               _record("link", "link.png")]
+    query_file = tmp_path / "q.json"
+    query_file.write_text(json.dumps(records))
+    out = tmp_path / "preds.jsonl"
+    result = _run("--query-file", query_file, "--image-folder", folder, "--output", out, "--model", ckpt, *GEN)
+    assert result.exit_code == 0, result.output
+    assert sorted(_preds(out)) == ["good"]
+    assert "skipped 3 record(s)" in result.output
+    assert "unreadable_image" in result.output and "image_outside_folder" in result.output

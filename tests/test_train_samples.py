@@ -302,3 +302,19 @@ def test_masks_equal_the_reference_on_whitespace_heavy_text(llama_tok, sp_direct
         assert isinstance(v1, Sample) and (v1.input_ids, v1.labels) == (ids, labels)
         plain = build_sample(record, "plain", llama_tok, 2048)
         assert isinstance(plain, Sample) and (plain.input_ids, plain.labels) == _reference_plain(findings, sp_direct)
+
+
+def test_dataset_counts_undecodable_dicom_and_symlinks_out_of_the_folder_instead_of_killing_the_rank(
+        tmp_path, tiny_tokenizer):
+    from test_images import _compressed_dicom
+
+    from pydicom.uid import JPEGLSLossless
+
+    _compressed_dicom(tmp_path / "jls.dcm", JPEGLSLossless, b"\xff\xd8\xff\xf7 stream")
+    (tmp_path / "fake.dcm").write_bytes(b"no preamble, no DICM")
+    (tmp_path / "link.png").symlink_to(DATA / "cxr-images" / "iu" / "CXR7_IM-2263-1001.png")
+    ds = _dataset(tmp_path, tiny_tokenizer, [_record(None, image=name, rid=name)
+                                             for name in ("jls.dcm", "fake.dcm", "link.png")])
+    ds.image_folder = tmp_path
+    assert [ds[i]["skip"] for i in range(3)] == ["unreadable_image", "unreadable_image", "image_outside_folder"]
+    assert "jls.dcm" in ds[0]["detail"] and "fake.dcm" in ds[1]["detail"]
