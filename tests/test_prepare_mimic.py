@@ -335,7 +335,7 @@ def test_full_disk_while_copying_stops_with_the_error_and_the_rerun_continues(tm
     assert summary["total_records"] == 3
 
 
-def test_full_disk_while_writing_the_records_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_full_disk_while_writing_the_records_leaves_the_previous_files_whole_and_together(tmp_path, monkeypatch):
     from test_prepare_resize import full_disk
 
     from llavarad_cli.data.prepare import prepare
@@ -343,14 +343,20 @@ def test_full_disk_while_writing_the_records_leaves_no_partial_file(tmp_path, mo
     mimic = build_tree(tmp_path)
     out = tmp_path / "out"
     assert _run("--mimic-dir", mimic, "--out", out, "--workers", 1).exit_code == 0
-    before = {name: (out / name).read_bytes() for name in ("train.json", "dev.json", "prepare-summary.json")}
-    with monkeypatch.context() as patch:
-        full_disk(patch)
-        with pytest.raises(OSError) as err:
-            prepare(out, workers=1, overwrite=True, mimic_dir=mimic)
-    assert err.value.strerror == "No space left on device" and err.value.filename == str(out / "train.json")
-    assert {name: (out / name).read_bytes() for name in before} == before  # the previous run's files, whole
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    names = ("train.json", "dev.json", "test.json", "prepare-summary.json")
+    for name in names:  # mark the previous run's files, to see whether any was replaced
+        (out / name).write_text(f'"previous {name}"\n')
+    for after in (0, 1, 3):  # fails at train.json, at dev.json, at the summary
+        with monkeypatch.context() as patch:
+            full_disk(patch, after=after)
+            with pytest.raises(OSError) as err:
+                prepare(out, workers=1, overwrite=True, mimic_dir=mimic)
+        assert err.value.strerror == "No space left on device"
+        assert err.value.filename == str(out / names[after])
+        # Not one new file beside old ones: the previous run's files, all of them, whole.
+        assert {name: (out / name).read_text() for name in names} == {name: f'"previous {name}"\n' for name in names}
+        assert sorted(p.name for p in out.iterdir()) == sorted(names)  # no staged or temp files left
+    assert prepare(out, workers=1, overwrite=True, mimic_dir=mimic)["total_records"] == 3
 
 
 @pytest.mark.parametrize("reports", ["zip-inside", "tree"])

@@ -1,11 +1,12 @@
 """`llavarad prepare` as a library call: pick the source, check or resize the images, write records and summary.
 
-Nothing is written into OUT until the sources have been read, and the JSON files come last, so an interrupted
-run leaves at most some finished image copies (which the next run reuses).
+Nothing is written into OUT until the sources have been read, and the JSON files come last, all or none of
+them, so an interrupted or failed run leaves at most some finished image copies (which the next run reuses).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -157,14 +158,7 @@ def prepare(out: Path, *, image_size: int | None = None, workers: int | None = N
     by_split: dict[str, list[dict]] = {split: [] for split in source.splits}
     for record in records:
         by_split[record["split"]].append(record)
-    written = []
-    for split, split_records in by_split.items():
-        atomic_write_json(out / SPLIT_FILES[split], split_records)
-        written.append(SPLIT_FILES[split])
-    if overwrite:  # a replaced run must not leave another source's split files behind
-        for name in set(SPLIT_FILES.values()) - set(written):
-            (out / name).unlink(missing_ok=True)
-
+    written = [SPLIT_FILES[split] for split in by_split]
     image_root = out / IMAGES_DIR if image_size is not None else source.image_root
     summary = {
         "source": source.name,
@@ -178,8 +172,38 @@ def prepare(out: Path, *, image_size: int | None = None, workers: int | None = N
                    **image_counts},
         "files": written,
     }
-    atomic_write_json(out / SUMMARY_FILE, summary)
+    _write_all(out, {**{SPLIT_FILES[split]: items for split, items in by_split.items()}, SUMMARY_FILE: summary})
+    if overwrite:  # a replaced run must not leave another source's split files behind
+        for name in set(SPLIT_FILES.values()) - set(written):
+            (out / name).unlink(missing_ok=True)
     return summary
+
+
+def _write_all(out: Path, files: dict[str, Any]) -> None:
+    """Write all the JSON files or none of them.
+
+    Each is written (atomically) under a hidden staging name first, and only when every one is there are they
+    renamed into place: a disk that fills up at dev.json must not leave a new train.json beside the previous
+    run's dev.json and summary. A rename needs no space, so the second loop does not fail for that reason.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, obj in files.items():
+            final = out / name
+            tmp = out / f".{name}.staged"
+            try:
+                atomic_write_json(tmp, obj)
+            except OSError as exc:  # name the file the user knows, not the staging name
+                if exc.errno is None:
+                    raise
+                raise type(exc)(exc.errno, exc.strerror, str(final)) from None
+            staged.append((tmp, final))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        os.replace(tmp, final)
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
