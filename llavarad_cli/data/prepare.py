@@ -70,7 +70,7 @@ def load_source(*, mimic_dir: Path | None = None, reports: Path | None = None, a
 def _check_size_marker(images: Path, size: int) -> None:
     marker = images / SIZE_MARKER
     if marker.is_file():
-        previous = marker.read_text().strip()
+        previous = marker.read_text(errors="replace").strip()
         if previous != str(size):
             raise UserError(f"{images} holds copies at --image-size {previous}, not {size}",
                             hint="use another --out, or delete that images folder first")

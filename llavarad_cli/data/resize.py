@@ -247,6 +247,7 @@ def run_jobs(jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
     # big chunks leave one worker idle at the end (3 images of 48 at once cost the 2-worker run ~6%).
     chunksize = max(1, min(16, len(jobs) // (workers * 64)))
     chunks = (jobs[start:start + chunksize] for start in range(0, len(jobs), chunksize))
+    workers = min(workers, -(-len(jobs) // chunksize))  # no idle processes forked for a handful of images
     context = get_context("fork") if "fork" in get_all_start_methods() else get_context()
     # concurrent.futures rather than multiprocessing.Pool: a Pool replaces a worker that the OOM killer or a
     # `kill -9` ended and waits forever for the chunk it held; this executor fails every pending future with
