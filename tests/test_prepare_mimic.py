@@ -410,3 +410,17 @@ def test_a_killed_image_worker_is_one_line_and_the_rerun_finishes(tmp_path, monk
     again = _run("--mimic-dir", mimic, "--out", out, "--image-size", 40, "--workers", 2)
     assert again.exit_code == 0, again.output
     assert json.loads((out / "prepare-summary.json").read_text())["total_records"] == 3
+
+
+def test_a_report_that_is_a_named_pipe_is_unreadable_instead_of_a_hang(tmp_path):
+    import os
+
+    mimic = build_tree(tmp_path, "tree", chexpert=False)
+    report = mimic / _report_rel("10000764", "57375967")
+    report.unlink()
+    os.mkfifo(report)  # open() on it would wait for a writer forever
+    out = tmp_path / "out"
+    result = _run("--mimic-dir", mimic, "--out", out, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    unreadable = json.loads((out / "prepare-summary.json").read_text())["skipped"]["unreadable_report"]
+    assert "p10/p10000764/s57375967.txt (not a regular file)" in unreadable["examples"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 import zipfile
 import zlib
 from pathlib import Path
@@ -74,6 +75,8 @@ class ReportStore:
                 raise UnreadableReport(str(exc)) from None
         path = self.root / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}.txt"
         try:
+            if not stat.S_ISREG(path.stat().st_mode):  # a folder, or a named pipe that open() would wait on forever
+                raise UnreadableReport("not a regular file")
             with open(path, "rb") as fh:
                 return _read_bounded(fh)
         except FileNotFoundError:
