@@ -146,7 +146,7 @@ def infer(
     model: str = typer.Option(MODEL.model, "--model", help="Released LLaVA-Rad layout or a llavarad checkpoint: hub id or local dir."),
     model_base: Optional[str] = typer.Option(None, "--model-base", help=f"Base LM: hub id or local dir (default: {RELEASED_BASE} for the released layout, the recorded base for a llavarad checkpoint)."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu (default: cuda when available)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPUs that have it, else fp16; fp32 on CPU)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: fp16 on GPU, as the paper evaluated; fp32 on CPU)."),
     attn: str = typer.Option(MODEL.attn, "--attn", help="Attention kernel: sdpa, eager or flash_attention_2 (needs flash-attn)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Reports per generate() call (length-sorted, left-padded)."),
     max_new_tokens: int = typer.Option(GEN.max_new_tokens, "--max-new-tokens", min=1, help="Tokens generated per report (the paper used 256)."),

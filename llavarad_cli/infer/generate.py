@@ -55,9 +55,36 @@ class Predictor:
         kwargs.setdefault("pad_token_id", self.pad_id)
         if self.eos_id is not None:
             kwargs.setdefault("eos_token_id", self.eos_id)
+        from transformers import LogitsProcessorList
+
+        kwargs.setdefault("logits_processor", LogitsProcessorList([FiniteScores(self.model.dtype)]))
         out = self.model.generate(ids.to(device), mask.to(device), pixels, **kwargs)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [clean_prediction(t) for t in texts]
+
+
+class FiniteScores:
+    """A logits processor that refuses NaN or +inf next-token scores instead of decoding them.
+
+    fp16 (the default on GPU) tops out at 65504; an activation past that (the vision tower's layer-scaled
+    residual stream, an attention score) turns into inf and then NaN, and greedy argmax over NaN scores picks id
+    0, which decodes as empty findings: a silent failure bf16's range would have hidden. The check costs one
+    reduction per step (generate already synchronises every step). -inf is allowed: top-k/top-p set it.
+    """
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if bool(torch.isnan(scores).any() | torch.isposinf(scores).any()):
+            step = input_ids.shape[1]
+            if self.dtype == torch.float16:
+                from llavarad_cli.errors import UserError
+
+                raise UserError(f"fp16 overflowed while generating (non-finite next-token scores at step {step})",
+                                hint="run with --dtype bf16 (or fp32), which has the range fp16 lacks")
+            raise FloatingPointError(f"non-finite next-token scores in {self.dtype} at step {step}")
+        return scores
 
 
 def clean_prediction(text: str) -> str:
