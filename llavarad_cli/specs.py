@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -23,7 +24,43 @@ STAGES: tuple[str, ...] = ("pretrain", "finetune")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a string such as "inf" would otherwise be read as a float (non-finite numbers written
+    # as YAML floats are refused earlier, by _refuse_non_finite, with the key that holds them)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML without aliases (``*name``): a run spec has no use for them, and nested aliases (a "billion
+    laughs" file of a few hundred bytes) expand exponentially once the spec is merged and validated."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in run specs",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value that appears twice out twice: the resolved spec is read back by _SpecLoader."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_SpecLoader)
+
+
+def _refuse_non_finite(node: Any, source: str, where: str = "") -> None:
+    """``learning_rate: .inf`` (or .nan) anywhere in a spec would train to NaN weights and exit 0: refuse it."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise UserError(f"{source}: {where or '(top level)'}: {node} is not a finite number")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_non_finite(value, source, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_non_finite(value, source, f"{where}[{i}]")
 
 
 def _existing(path: Optional[Path], kind: str) -> Optional[Path]:
@@ -68,10 +105,14 @@ class ModelSection(Section):
     @field_validator("projector_type")
     @classmethod
     def _projector(cls, v: str) -> str:
-        from llavarad_cli.model.projector import PROJECTOR_TYPES, projector_depth
+        from llavarad_cli.model.projector import MAX_PROJECTOR_DEPTH, PROJECTOR_TYPES, projector_depth
 
-        if projector_depth(v) is None:
+        depth = projector_depth(v)
+        if depth is None:
             raise ValueError(f"must be {PROJECTOR_TYPES} (e.g. mlp2x_gelu)")
+        if depth > MAX_PROJECTOR_DEPTH:
+            raise ValueError(f"`{v}`: at most {MAX_PROJECTOR_DEPTH} layers (mlp{MAX_PROJECTOR_DEPTH}x_gelu); "
+                             "LLaVA-Rad uses mlp2x_gelu")
         return v
 
     @field_validator("pretrained_projector")
@@ -228,7 +269,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.learning_rate=2e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise UserError(f"--set {text!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
     return key.split("."), value
@@ -289,7 +330,7 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: spec file not found", hint="`llavarad pretrain --print-spec > run.yaml` writes one")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -311,6 +352,7 @@ def build_spec(stage: str, user: dict, overrides: list[str] = (), source: str = 
                         hint=f"run `llavarad {user_stage} {source}` or change `stage`")
     merged = deep_merge(STAGE_DEFAULTS[stage], user)
     merged = apply_overrides(merged, list(overrides))
+    _refuse_non_finite(merged, source)
     try:
         return RunSpec.model_validate(merged)
     except ValidationError as exc:
@@ -327,7 +369,7 @@ def spec_to_dict(spec: RunSpec) -> dict:
 
 
 def spec_to_yaml(spec: RunSpec) -> str:
-    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False)
+    return yaml.dump(spec_to_dict(spec), Dumper=_NoAliasDumper, sort_keys=False)
 
 
 def write_resolved_spec(spec: RunSpec, out_dir: Path | None = None) -> Path:

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 PROJECTOR_TYPES = "`linear` or `mlp{N}x_gelu`"
+#: Deeper `mlp{N}x_gelu` projectors are refused: LLaVA-style models use 2 (LLaVA-Rad: mlp2x_gelu), and a typo
+#: like mlp999999999x_gelu would otherwise pass validation and then try to build a billion layers.
+MAX_PROJECTOR_DEPTH = 8
 
 
 def projector_depth(projector_type: str) -> int | None:
