@@ -1,6 +1,8 @@
 """How every `llavarad` command behaves, in one place: errors as one line, flags shown without a type.
 
 - A ``UserError`` (a mistake the user can fix) is one red line on stderr, exit 2; bugs keep their traceback.
+- An ``OSError`` (an output that cannot be written: full disk, read-only folder, a file in a folder's place)
+  is one line naming the path and the reason, exit 1.
 - A usage error found by the option parser (unknown option, missing value, bad number) is one line too, with
   the command whose ``--help`` lists the options, exit 2 (Typer would draw a five-line box).
 - Flags (``--overwrite``, ``--help``) show no ``<bool>`` placeholder in the help: they take no value.
@@ -16,7 +18,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from llavarad_cli.console import safe, visible
-from llavarad_cli.errors import UserError
+from llavarad_cli.errors import UserError, os_error_line
 
 try:  # Typer 0.2x ships its own copy of click
     from typer._click.exceptions import ClickException
@@ -41,6 +43,9 @@ def user_errors(fn):
         except UserError as exc:
             print_error(exc.one_line())
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a full disk, a read-only folder, a file where a folder must be: not a bug
+            print_error(os_error_line(exc))
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -11,14 +11,13 @@ def hub_status(timeout: float = 3.0) -> str:
     flags = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true", "yes")]
     if flags:
         return f"offline mode ({', '.join(flags)}=1): only local files and the cache are used"
+    from llavarad_cli.model.weights import hub_unreachable
+
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    import urllib.request
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout)
+    reason = hub_unreachable(timeout)
+    if reason is None:
         return f"reachable ({endpoint})"
-    except Exception as exc:  # any failure means "not reachable"; the reason helps
-        reason = getattr(exc, "reason", exc)
-        return f"NOT reachable ({endpoint}: {reason}); pass local paths or set HF_HUB_OFFLINE=1"
+    return f"NOT reachable ({reason}); pass local paths or set HF_HUB_OFFLINE=1"
 
 
 def hf_cache_dir() -> str:

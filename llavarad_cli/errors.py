@@ -27,3 +27,44 @@ class UserError(Exception):
             text += f" (hint: {' '.join(visible(self.hint).split())})"
         return text
 
+
+
+class Interrupted(UserError):
+    """Ctrl-C during a command that runs child processes (the training launcher): one line, exit 130 like
+    any command stopped by SIGINT."""
+
+    exit_code = 130
+
+
+#: Why an output could not be written, and what to do about it, by errno name.
+_WRITE_HINTS = {
+    "ENOSPC": "free some space and rerun the same command: finished work is kept",
+    "EDQUOT": "free some quota and rerun the same command: finished work is kept",
+    "EROFS": "write to a folder on a writable file system",
+    "EACCES": "write to a folder you may write to",
+    "EPERM": "write to a folder you may write to",
+    "ENOTDIR": "a file is in the way where a folder is needed; choose another output path",
+    "EISDIR": "a folder is in the way where a file is needed; choose another output path",
+    "EEXIST": "a file is in the way where a folder is needed; choose another output path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError that stopped a command: where (the path, when known), why, and what to do.
+
+    A failure to write an output is a property of the machine (full disk, read-only folder, a file where a
+    folder should be), never of the input, so it stops the run instead of being counted as a bad record.
+    """
+    import errno as errno_names
+
+    name = errno_names.errorcode.get(exc.errno or 0, "")
+    why = exc.strerror or str(exc) or type(exc).__name__
+    where = str(exc.filename) if exc.filename else ""
+    if getattr(exc, "filename2", None):
+        where = f"{exc.filename} -> {exc.filename2}"
+    if name in _WRITE_HINTS:
+        text = f"could not write {where}: {why}" if where else f"could not write an output: {why}"
+    else:
+        text = f"{where}: {why}" if where else why
+    err = UserError(text, hint=_WRITE_HINTS.get(name))
+    return err.one_line()

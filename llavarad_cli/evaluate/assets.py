@@ -23,6 +23,9 @@ def hub_file(filename: str, revision: str | None, flag: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
 
+        from llavarad_cli.model.weights import offline_if_unreachable
+
+        offline_if_unreachable()  # no network: the cache at once, instead of a minute of retries
         return Path(hf_hub_download(SCORERS_REPO, filename, revision=revision))
     except Exception as exc:  # offline, no cache, gated, network down: all mean "not available here"
         pin = f" --revision {revision}" if revision else ""
@@ -54,6 +57,9 @@ def chexbert_tokenizer(source: str | None):
         # vocab.txt is all bert-base-uncased's tokenizer is: lower-casing WordPiece, [CLS]/[SEP]/[PAD]=0
         return BertTokenizer(vocab=str(vocab), do_lower_case=True)
     try:
+        from llavarad_cli.model.weights import offline_if_unreachable
+
+        offline_if_unreachable()
         return AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         raise MetricSkipped(

@@ -40,10 +40,11 @@ def _load(choice: ModelChoice, err: Console):
 def infer_single(image: Path, reason: Optional[str], choice: ModelChoice, settings, as_json: bool,
                  out: Console, err: Console) -> None:
     from llavarad_cli.data.images import load_image_or_fail
-    from llavarad_cli.infer.generate import Predictor
     from llavarad_cli.prompts import user_turn
 
-    picture = load_image_or_fail(image)  # before the (slow) model load: a typo fails fast
+    picture = load_image_or_fail(image)  # before torch and the (slow) model load: a typo fails fast
+    from llavarad_cli.infer.generate import Predictor
+
     model, tokenizer = _load(choice, err)
     predictor = Predictor(model, tokenizer, settings)
     if reason is not None and not reason.strip():
@@ -162,12 +163,17 @@ def _infer_chunk(job: BatchJob, choice: ModelChoice, settings: GenerationSetting
     predictor = Predictor(model, tokenizer, settings)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task(f"{label}writing findings", total=None)
-        summary = run_queries(
-            predictor, chunk, job.image_folder, output, job.batch_size,
-            on_start=lambda n: progress.update(task, total=n),
-            on_progress=lambda ok, bad: progress.advance(task, ok + bad))
+    try:
+        with Progress(*columns, console=err, transient=False) as progress:
+            task = progress.add_task(f"{label}writing findings", total=None)
+            summary = run_queries(
+                predictor, chunk, job.image_folder, output, job.batch_size,
+                on_start=lambda n: progress.update(task, total=n),
+                on_progress=lambda ok, bad: progress.advance(task, ok + bad))
+    except OSError as exc:
+        if exc.filename is None:  # a write or fsync on the open predictions file (disk full) names no file
+            exc.filename = str(output)
+        raise
     _print_summary(summary, label, out, err)
 
 

@@ -18,6 +18,45 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+#: Seconds the hub gets to answer one HEAD request before it counts as unreachable.
+HUB_PROBE_TIMEOUT_S = 3.0
+_unreachable: dict[str, str | None] = {}
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """None when the hub (``HF_ENDPOINT``) answers; else why not. Asked once per process.
+
+    Without network and without ``HF_HUB_OFFLINE=1``, huggingface_hub retries each file for about a minute
+    before it falls back to the cache; one quick probe up front avoids that.
+    """
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if endpoint not in _unreachable:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            _unreachable[endpoint] = None
+        except urllib.error.HTTPError:  # an answer, even an error status, means the hub is there
+            _unreachable[endpoint] = None
+        except Exception as exc:  # DNS failure, refused, timed out, proxy: all mean "cannot reach it"
+            _unreachable[endpoint] = f"{endpoint}: {getattr(exc, 'reason', None) or exc}"
+    return _unreachable[endpoint]
+
+
+def offline_if_unreachable() -> str | None:
+    """Before asking the hub for anything: when it cannot be reached, work from the local cache only (for
+    huggingface_hub and transformers alike) and return why, for the message if a file is missing there."""
+    if hub_offline():
+        return None
+    reason = hub_unreachable()
+    if reason:
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub and transformers
+    return reason
+
+
 def is_local(source: str | Path) -> bool:
     """A source is local when it exists on disk or looks like a path rather than ``owner/name``."""
     text = str(source)
@@ -46,6 +85,7 @@ def resolve_file(source: str | Path, filename: str, what: str, required: bool = 
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
+    unreachable = offline_if_unreachable()
     try:
         return Path(hf_hub_download(str(source), filename))
     # LocalEntryNotFoundError subclasses EntryNotFoundError: it must be caught first, or a file that is only
@@ -53,11 +93,16 @@ def resolve_file(source: str | Path, filename: str, what: str, required: bool = 
     except LocalEntryNotFoundError:
         if not required:
             return None  # the caller tries another name, or says itself what it looked for
-        mode = ("offline (HF_HUB_OFFLINE=1), so only the local Hugging Face cache was searched"
-                if hub_offline() else "the hub was unreachable, and it is not in the local Hugging Face cache")
-        raise UserError(f"{what} `{filename}` of {source} not found: {mode} ({cache_dir()})",
-                        hint=f"download it once online (e.g. `hf download {source}`), or pass a local folder "
-                             f"instead of `{source}`") from None
+        if unreachable:
+            mode = f"the hub is unreachable ({unreachable}) and it is not in the local Hugging Face cache"
+            hint = (f"set HF_HUB_OFFLINE=1 to use only local files without asking the hub; download it once "
+                    f"online (e.g. `hf download {source}`), or pass a local folder instead of `{source}`")
+        else:
+            mode = ("offline (HF_HUB_OFFLINE=1), so only the local Hugging Face cache was searched"
+                    if hub_offline() else "the hub was unreachable, and it is not in the local Hugging Face cache")
+            hint = (f"download it once online (e.g. `hf download {source}`), or pass a local folder "
+                    f"instead of `{source}`")
+        raise UserError(f"{what} `{filename}` of {source} not found: {mode} ({cache_dir()})", hint=hint) from None
     except RepositoryNotFoundError:
         raise UserError(f"{what}: no hub repo or local folder named `{source}`",
                         hint="check the spelling, or log in with `hf auth login` for gated repos") from None
@@ -77,6 +122,7 @@ def resolve_dir(source: str | Path, what: str) -> str:
         if not folder.is_dir():
             raise UserError(f"{what} not found: no folder {folder}")
         return str(folder)
+    offline_if_unreachable()
     return str(source)
 
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from llavarad_cli.errors import UserError
+from llavarad_cli.errors import Interrupted, UserError
 from llavarad_cli.specs import RunSpec
 
 WORKER_MODULE = "llavarad_cli.train.worker"
@@ -226,6 +226,6 @@ def run_launcher(cmd: list[str], env: dict[str, str], out_dir: Path, world_size:
     try:
         proc = subprocess.run(cmd, env=env, check=False)
     except KeyboardInterrupt:
-        raise UserError("interrupted", hint="rerun the same command to resume from the newest checkpoint") from None
+        raise Interrupted("interrupted", hint="rerun the same command to resume from the newest checkpoint") from None
     if proc.returncode != 0:
         raise failure(out_dir, proc.returncode, world_size)
