@@ -208,7 +208,7 @@ def test_packed_records_round_trip_and_reject_bad_files(tmp_path):
     with pytest.raises(UserError, match="record 0 has no `image` field"):
         load_records(path)
     path.write_text("[]")
-    with pytest.raises(UserError, match="non-empty JSON list"):
+    with pytest.raises(UserError, match="no records in the file"):
         load_records(path)
 
 

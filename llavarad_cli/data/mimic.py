@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from llavarad_cli.data.records import Candidate, SourceResult, Skips, make_record
+from llavarad_cli.data.records import FRONTAL_VIEWS, Candidate, SourceResult, Skips, make_record, record_id
 from llavarad_cli.data.reports import ReportStore, UnreadableReport, default_reports
 from llavarad_cli.data.sections import ReportSections, extract_sections
 from llavarad_cli.data.tables import find_table, read_rows
 from llavarad_cli.errors import UserError
 from llavarad_cli.skips import Skip
 
-FRONTAL_VIEWS = ("PA", "AP")
 SPLIT_NAMES = {"train": "train", "validate": "dev", "test": "test"}
 CHEXPERT_LABELS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
@@ -119,7 +118,7 @@ def load_mimic(mimic_dir: Path, reports: Path | None = None) -> SourceResult:
                 skips.add(reason, store.describe(subject_id, study_id) + (f" ({why})" if why else ""))
                 continue
             record = make_record(
-                id=f"{subject_id}_{study_id}_{dicom_id}", subject_id=subject_id, study_id=study_id,
+                id=record_id(subject_id, study_id, dicom_id), subject_id=subject_id, study_id=study_id,
                 dicom_id=dicom_id, image=rel, view=view, split=split, reason=sections.reason,
                 findings=sections.findings, impression=sections.impression, generate_method="rule-based",
                 chexpert_labels=chexpert.get(study_id) if chexpert is not None else None,

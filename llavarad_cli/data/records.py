@@ -13,9 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from llavarad_cli import prompts, skips
+from llavarad_cli.errors import UserError
+from llavarad_cli.io_utils import read_json
 
 #: Output file per split; MIMIC's `validate` split is written as dev.json, as in LLaVA-Rad's scripts.
 SPLIT_FILES = {"train": "train.json", "dev": "dev.json", "test": "test.json"}
+
+#: The frontal projections a record may show (MIMIC's ViewPosition, the annotations' `view`); laterals are skipped.
+FRONTAL_VIEWS = ("PA", "AP")
 
 #: How many examples of each skip reason the summary names.
 EXAMPLES_PER_REASON = 5
@@ -45,6 +50,42 @@ class Skips:
             key: {"label": skips.label(key), "count": self.counts.get(key, 0), "examples": self.examples.get(key, [])}
             for key in keys
         }
+
+
+def record_id(subject_id: str, study_id: str, dicom_id: str) -> str:
+    """The id of a MIMIC-CXR image's record: unique per image, so resuming and merging can go by id."""
+    return f"{subject_id}_{study_id}_{dicom_id}"
+
+
+def read_records(path: Path) -> list:
+    """The records of a records file: `prepare`'s JSON list, also inside a ``{"records": …}`` or
+    ``{"data": …}`` envelope. Items are not checked here; each reader knows what it needs of them."""
+    data = read_json(path)
+    if isinstance(data, dict):
+        data = data.get("records", data.get("data"))
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of records (as written by `llavarad prepare`)")
+    return data
+
+
+def turn_values(record: dict) -> tuple[str | None, str | None]:
+    """(human, gpt) values of a record's LLaVA ``conversations`` pair, by position as LLaVA reads them; None for
+    a turn that is missing or not a string."""
+    conv = record.get("conversations")
+    turns = conv[:2] if isinstance(conv, list) else []
+    values = [t.get("value") if isinstance(t, dict) else None for t in turns] + [None, None]
+    return tuple(v if isinstance(v, str) else None for v in values[:2])
+
+
+def record_turns(record: dict) -> tuple[str, str]:
+    """Both turns, for training: a record without them is a ValueError (counted as a bad record)."""
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or len(conv) < 2:
+        raise ValueError("record has no `conversations` pair")
+    human, gpt = turn_values(record)
+    if human is None or gpt is None:
+        raise ValueError("conversation values must be strings")
+    return human, gpt
 
 
 def clean_text(value: Any) -> str | None:

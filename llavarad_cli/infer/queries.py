@@ -1,8 +1,9 @@
 """What ``infer`` reads: records from ``prepare`` or the PhysioNet "LLaVA-Rad MIMIC-CXR Annotations" files.
 
-Both are LLaVA conversation records. PhysioNet records are filtered and re-prompted as the reference's
-``mimic_test_findings`` loader does (rule-based findings, AP/PA, string findings; the prompt rebuilt from
-``reason``). The query text keeps its leading ``<image>\\n``, as the reference writes it.
+Both are LLaVA conversation records, read by ``data.records.read_records``. PhysioNet items are selected and
+given ids by ``data.physionet`` (the test-split rules, as the reference's ``mimic_test_findings`` loader), so
+an item gets the same id as the record ``prepare --annotations`` makes of it; the prompt is rebuilt from
+``reason``. The query text keeps its leading ``<image>\\n``, as the reference writes it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llavarad_cli.data import physionet
+from llavarad_cli.data.records import read_records, turn_values
 from llavarad_cli.errors import UserError
-from llavarad_cli.io_utils import read_json
 from llavarad_cli.prompts import normalise_query, user_turn
 from llavarad_cli.skips import Skip
 
 
 @dataclass(frozen=True)
 class Query:
+    """A record as ``infer`` uses it."""
+
     id: str
     query: str            # the user turn, "<image>\n…"
     image: str            # path relative to the image folder
@@ -34,70 +38,51 @@ class QuerySet:
     renamed_duplicates: int = 0
 
 
-def _is_physionet(item: dict[str, Any]) -> bool:
-    """PhysioNet records carry ``generate_method`` but, unlike ``prepare``'s records, no ``split`` (the split
-    is the file)."""
-    return "generate_method" in item and "split" not in item
-
-
-def _turn(item: dict[str, Any], who: str) -> Any:
-    for turn in item.get("conversations") or []:
-        if isinstance(turn, dict) and turn.get("from") == who:
-            return turn.get("value")
-    return None
-
-
-def physionet_query(reason: Any) -> str:
-    """The human turn exactly as ``mimic_test_findings`` builds it (see ``prompts.clean_reason``)."""
-    return user_turn(reason)
+def record_query(record: dict[str, Any]) -> Query | None:
+    """A ``prepare``-style record as a query; None when it has no id or image path."""
+    if record.get("id") in (None, "") or not isinstance(record.get("image"), str):
+        return None
+    human, reference = turn_values(record)
+    query = normalise_query(human) if human and human.strip() else user_turn(record.get("reason"))
+    return Query(str(record["id"]), query, record["image"], reference)
 
 
 def read_queries(path: Path) -> QuerySet:
     """Read and validate a query file; bad records are counted, not fatal. Ids are made unique (see below)."""
-    data = read_json(path)
-    if isinstance(data, dict):
-        data = data.get("records", data.get("data"))
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of records (as written by `llavarad prepare`)")
-    physionet = any(isinstance(item, dict) and _is_physionet(item) for item in data[:100])
-    queries: list[Query] = []
-    skipped: Counter = Counter()
-    for item in data:
-        if not isinstance(item, dict) or item.get("id") in (None, "") or not isinstance(item.get("image"), str):
-            skipped[Skip.BAD_RECORD] += 1
-            continue
-        reference = _turn(item, "gpt")
-        if physionet:
-            # mimic_test_findings: rule-based findings of frontal views only, prompt rebuilt from the reason.
-            if item.get("generate_method") != "rule-based":
-                skipped[Skip.NOT_RULE_BASED] += 1
-                continue
-            if item.get("view") not in ("AP", "PA"):
-                skipped[Skip.NOT_FRONTAL] += 1
-                continue
-            if not isinstance(reference, str):
-                skipped[Skip.NO_FINDINGS] += 1
-                continue
-            query = physionet_query(item.get("reason"))
-        else:
-            human = _turn(item, "human")
-            if isinstance(human, str) and human.strip():
-                query = normalise_query(human)
+    data = read_records(path)
+    if any(physionet.is_annotation_item(item) for item in data[:100]):
+        (queries, skipped), renamed = _physionet_queries(data), 0
+        source_format = "physionet"
+    else:
+        queries, skipped = [], Counter()
+        for item in data:
+            query = record_query(item) if isinstance(item, dict) else None
+            if query is None:
+                skipped[Skip.BAD_RECORD] += 1
             else:
-                reason = item.get("reason")
-                query = user_turn(reason)
-        queries.append(Query(str(item["id"]), query, item["image"],
-                             reference if isinstance(reference, str) else None))
-    queries, renamed = _unique_ids(queries)
+                queries.append(query)
+        queries, renamed = _unique_ids(queries)
+        source_format = "records"
     if not queries:
         raise UserError(f"{path}: no usable records" + (f" (skipped: {_fmt(skipped)})" if skipped else ""))
-    return QuerySet(queries, "physionet" if physionet else "records", skipped, renamed)
+    return QuerySet(queries, source_format, skipped, renamed)
+
+
+def _physionet_queries(items: list) -> tuple[list[Query], Counter]:
+    """mimic_test_findings: rule-based findings of frontal views only, the prompt rebuilt from the reason."""
+    queries, skipped = [], Counter()
+    for _, item in physionet.select(items, test=True):
+        if isinstance(item, physionet.Rejected):
+            skipped[item.reason] += 1
+        else:
+            queries.append(Query(item.id, user_turn(item.reason), item.image, item.findings))
+    return queries, skipped
 
 
 def _unique_ids(queries: list[Query]) -> tuple[list[Query], int]:
-    """Resuming and merging go by id, so ids must be unique. PhysioNet ids are ``subject_study`` and repeat
-    for studies with several frontal images; a repeated id gets the image's file stem appended (stable,
-    so every chunk and merge-chunks derive the same ids)."""
+    """Resuming and merging go by id, so ids must be unique. A hand-made records file may repeat an id for
+    several images of a study; a repeated id gets the image's file stem appended (stable, so every chunk and
+    merge-chunks derive the same ids)."""
     counts = Counter(q.id for q in queries)
     if all(c == 1 for c in counts.values()):
         return queries, 0

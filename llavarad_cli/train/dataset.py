@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from llavarad_cli.data.images import ImageProblem, load_image, resolve_image_path
+from llavarad_cli.data.records import read_records
 from llavarad_cli.errors import UserError
-from llavarad_cli.io_utils import read_json
 from llavarad_cli.prompts import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llavarad_cli.train.samples import SampleProblem, build_sample
 
@@ -53,11 +53,9 @@ class PackedRecords:
 
 
 def load_records(path: Path) -> PackedRecords:
-    records = read_json(path)
-    if isinstance(records, dict):
-        records = records.get("records", records.get("data"))
-    if not isinstance(records, list) or not records:
-        raise UserError(f"{path}: expected a non-empty JSON list of records (the output of `llavarad prepare`)")
+    records = read_records(path)
+    if not records:
+        raise UserError(f"{path}: no records in the file", hint="records come from `llavarad prepare`")
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict) or "image" not in r), None)
     if bad is not None:
         raise UserError(f"{path}: record {bad} has no `image` field", hint="records come from `llavarad prepare`")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llavarad_cli.data.records import record_turns
 from llavarad_cli.prompts import (
     IGNORE_INDEX,
     IMAGE_TOKEN,
@@ -39,17 +40,6 @@ class SampleProblem:
 
     reason: str       # a training name of llavarad_cli.skips
     detail: str = ""
-
-
-def record_turns(record: dict) -> tuple[str, str]:
-    """(human value, gpt value) of a prepare-style record (LLaVA ``conversations`` pair)."""
-    conv = record.get("conversations")
-    if not isinstance(conv, list) or len(conv) < 2:
-        raise ValueError("record has no `conversations` pair")
-    human, gpt = conv[0].get("value"), conv[1].get("value")
-    if not isinstance(human, str) or not isinstance(gpt, str):
-        raise ValueError("conversation values must be strings")
-    return human, gpt
 
 
 def build_plain(answer: str, tokenizer) -> Sample | SampleProblem:
