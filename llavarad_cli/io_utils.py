@@ -65,16 +65,42 @@ def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+class JSONProblem(ValueError):
+    """Text that is not usable JSON; the message says why in a few words (the caller adds file and line)."""
+
+
+def loads(text: str | bytes, line: bool = True) -> Any:
+    """``json.loads`` whose every failure is a ``JSONProblem``. ``line=False`` for one JSONL line, whose
+    position in the file the caller names (only the column is told then).
+
+    Besides syntax errors, Python's parser raises RecursionError for deeply nested arrays (``[[[[…``) and
+    ValueError for an integer of more than 4300 digits; read from a file, both are bad input, not a bug.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}" if line else f"column {exc.colno}"
+        raise JSONProblem(f"not valid JSON ({where}: {exc.msg})") from None
+    except RecursionError:
+        raise JSONProblem("not usable JSON (nested too deeply)") from None
+    except UnicodeDecodeError:
+        raise JSONProblem("not UTF-8 text") from None
+    except ValueError:  # int()'s limit on digits is the only other ValueError the parser raises
+        raise JSONProblem("not usable JSON (an integer with more digits than Python reads)") from None
+
+
 def read_json(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    try:
+        return loads(text)
+    except JSONProblem as problem:
+        raise UserError(f"{path}: {problem}") from None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, str]]:

@@ -5,8 +5,6 @@ Strings follow LLaVA-Rad's released code exactly: its two findings wordings and 
 
 from __future__ import annotations
 
-from typing import Literal
-
 IMAGE_TOKEN = "<image>"
 #: Sentinel id put where the image embeddings go; never a real vocabulary id.
 IMAGE_TOKEN_INDEX = -200
@@ -26,9 +24,6 @@ V1_SYSTEM = (
 V1_ROLES = ("USER", "ASSISTANT")
 V1_SEP = " "
 V1_SEP2 = "</s>"
-
-Template = Literal["plain", "v1"]
-TEMPLATES: tuple[str, ...] = ("plain", "v1")
 
 
 def clean_reason(reason: object) -> str | None:

@@ -63,7 +63,37 @@ def test_bad_lines_reported_with_file_and_line(tmp_path):
     result = _merge(a, "--output", tmp_path / "all.jsonl")
     assert result.exit_code == 1
     out = " ".join(result.output.split())
-    assert "p_0.jsonl:2: not JSON" in out and "p_0.jsonl:3: not a prediction" in out
+    assert "p_0.jsonl:2: not valid JSON" in out and "p_0.jsonl:3: expected a JSON object" in out
+
+
+def test_a_duplicate_is_identical_only_when_the_whole_line_is(tmp_path):
+    """Same id and prediction but another query or reference is a conflict, never silently dropped; lines that
+    differ only in how they were made (model, dtype) are the same prediction."""
+    a = _write(tmp_path / "p_0.jsonl", [{**_row(0), "dtype": "float16"}])
+    same = _write(tmp_path / "p_1.jsonl", [{**_row(0), "dtype": "bfloat16"}])
+    result = _merge(a, same, "--output", tmp_path / "all.jsonl")
+    assert result.exit_code == 0 and "1 identical duplicate" in result.output
+    for field, value in (("query", "<image>\nanother query"), ("reference", "another reference")):
+        other = _write(tmp_path / f"p_{field}.jsonl", [{**_row(0), field: value}])
+        result = _merge(a, other, "--output", tmp_path / f"{field}.jsonl")
+        assert result.exit_code == 1 and "conflicting duplicate id" in result.output, field
+        assert not (tmp_path / f"{field}.jsonl").exists()
+
+
+def test_a_null_prediction_is_an_empty_one(tmp_path):
+    # One meaning everywhere (resume, merge, evaluate): the model produced no text.
+    a = _write(tmp_path / "p_0.jsonl", [{**_row(0), "prediction": None}, _row(1)])
+    result = _merge(a, "--output", tmp_path / "all.jsonl")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["prediction"] for x in (tmp_path / "all.jsonl").read_text().splitlines()] == ["", "p1"]
+
+
+def test_deep_or_huge_json_lines_are_bad_lines(tmp_path):
+    a = _write(tmp_path / "p_0.jsonl", [_row(0)], ["[" * 100000 + "\n", '{"id": ' + "9" * 5000 + "}\n"])
+    result = _merge(a, "--output", tmp_path / "all.jsonl")
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "p_0.jsonl:2: not usable JSON (nested too deeply)" in out
+    assert "p_0.jsonl:3: not usable JSON" in out
 
 
 def test_gaps_listed_and_allow_missing(tmp_path):
@@ -112,40 +142,6 @@ def test_gpu_worker_commands_split_and_pin_devices():
     assert part == Path("o/preds_2.jsonl")
     assert argv[argv.index("--chunk-idx") + 1] == "2" and argv[argv.index("--num-chunks") + 1] == "3"
     assert argv[argv.index("--output") + 1] == "o/preds_2.jsonl"
-
-
-def test_torn_and_damaged_prediction_files(tmp_path):
-    from llavarad_cli.infer.writer import PredictionWriter, scan_predictions
-
-    path = _write(tmp_path / "p.jsonl", [_row(0), _row(1)], ['{"id": "s2", "pre'])
-    done, good = scan_predictions(path)
-    assert done == {"s0", "s1"} and good == len(path.read_bytes()) - len('{"id": "s2", "pre')
-    with PredictionWriter(path) as writer:
-        assert writer.truncated
-        writer.write_batch([_row(2)])
-    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["s0", "s1", "s2"]
-    # A complete-looking last line without its newline is redone too (it may be cut mid-value).
-    path.write_text(json.dumps(_row(0)) + "\n" + json.dumps(_row(1)))
-    assert scan_predictions(path)[0] == {"s0"}
-    damaged = _write(tmp_path / "d.jsonl", [_row(0)], ["garbage\n", json.dumps(_row(1)) + "\n"])
-    with pytest.raises(UserError, match="d.jsonl:2"):
-        scan_predictions(damaged)
-
-
-@pytest.mark.parametrize("content", [
-    '[{"id": "a", "image": "x.png", "conversations": []}]',      # a compact JSON file (json.dump), no newline
-    '[{"id": "a", "image": "x.png", "conversations": []}]\n',    # ... with one
-    'id,prediction\n',                                           # a CSV header
-])
-def test_writer_never_truncates_a_file_that_is_not_predictions(tmp_path, content):
-    # `--output` pointed at the wrong file must be refused, not cut to zero bytes as a "torn last line".
-    from llavarad_cli.infer.writer import PredictionWriter
-
-    path = tmp_path / "test.json"
-    path.write_text(content)
-    with pytest.raises(UserError, match="not a predictions file"):
-        PredictionWriter(path)
-    assert path.read_text() == content
 
 
 def test_output_that_is_a_folder_is_a_user_error(tmp_path):

@@ -1,22 +1,15 @@
-"""Reading the `infer` output: one (id, prediction, reference) per line, with errors that name the line."""
+"""Reading the `infer` output for scoring: the prediction lines, with errors that name the line."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import iter_jsonl
+from llavarad_cli.predictions import BadLine, Prediction, parse_line
 
-REQUIRED_FIELDS = ("id", "prediction", "reference")
-
-
-@dataclass(frozen=True)
-class Pair:
-    id: str
-    prediction: str
-    reference: str
+#: What evaluate scores: a prediction line (``reference`` is a string for every pair it scores).
+Pair = Prediction
 
 
 class Pairs(list):
@@ -28,13 +21,17 @@ class Pairs(list):
         super().__init__(items)
         self.no_reference = list(no_reference or [])
 
+    def run_values(self, name: str) -> list[str]:
+        """The distinct values of a run field (``model``, ``dtype``) over the file, in order of appearance."""
+        return list(dict.fromkeys(p.run[name] for p in self if name in p.run))
+
 
 def load_pairs(path: Path) -> Pairs:
-    """All pairs in file order. Bad JSON, a missing field, a non-string text or a duplicate id is a UserError.
+    """All pairs in file order. A line that is not a prediction or a duplicate id is a UserError.
 
-    A ``null`` prediction is a failed generation and is scored as an empty report. A ``null`` reference means the
-    record has no ground truth (``infer`` writes that for queries without one): it cannot be scored, so the record
-    is left out and counted, never scored against an empty text."""
+    A ``null`` prediction (no text generated) is scored as an empty report, never dropped. A ``null``
+    reference means the record has no ground truth (``infer`` writes that for queries without one): it cannot be
+    scored, so the record is left out and counted, never scored against an empty text."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: predictions file not found", hint="pass the JSONL that `llavarad infer --output` wrote")
@@ -43,29 +40,18 @@ def load_pairs(path: Path) -> Pairs:
     for number, line in iter_jsonl(path):
         where = f"{path}, line {number}"
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise UserError(f"{where}: expected a JSON object with {', '.join(REQUIRED_FIELDS)}")
-        missing = [f for f in REQUIRED_FIELDS if f not in rec]
-        if missing:
-            raise UserError(f"{where}: missing field(s) {', '.join(missing)}",
-                            hint="each line needs id, prediction and reference")
-        if rec["prediction"] is None:
-            rec["prediction"] = ""  # a failed generation: scored as an empty report, never dropped
-        for field in ("prediction", "reference"):
-            if rec[field] is not None and not isinstance(rec[field], str):
-                raise UserError(f"{where}: field {field!r} must be a string, got {type(rec[field]).__name__}")
-        rid = str(rec["id"])
-        if rid in seen:
-            raise UserError(f"{where}: duplicate id {rid!r} (first on line {seen[rid]})",
+            pred = parse_line(line)
+        except BadLine as bad:
+            hint = "each line needs id, prediction and reference" if "missing field" in str(bad) else None
+            raise UserError(f"{where}: {bad}", hint=hint) from None
+        if pred.id in seen:
+            raise UserError(f"{where}: duplicate id {pred.id!r} (first on line {seen[pred.id]})",
                             hint="merge chunk files with `llavarad merge-chunks`, which refuses duplicates")
-        seen[rid] = number
-        if rec["reference"] is None:
-            pairs.no_reference.append(rid)
+        seen[pred.id] = number
+        if pred.reference is None:
+            pairs.no_reference.append(pred.id)
             continue
-        pairs.append(Pair(rid, rec["prediction"], rec["reference"]))
+        pairs.append(pred)
     if not pairs:
         if pairs.no_reference:
             raise UserError(f"{path}: none of the {len(pairs.no_reference)} records has a reference (all null)",

@@ -144,7 +144,7 @@ def _infer_chunk(job: BatchJob, choice: ModelChoice, settings: GenerationSetting
     label = f"chunk {job.chunk_idx + 1}/{job.num_chunks}: " if job.num_chunks > 1 else ""
     if job.overwrite:
         start_again(output)
-    done, _ = scan_predictions(output)
+    done = scan_predictions(output).done
     if all(q.id in done for q in chunk):
         if not output.exists():  # an empty chunk (more chunks than records) still leaves its file for the merge
             output.parent.mkdir(parents=True, exist_ok=True)

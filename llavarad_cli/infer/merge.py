@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from llavarad_cli.errors import UserError
 from llavarad_cli.infer.chunks import natural_key
-from llavarad_cli.io_utils import atomic_write_text
+from llavarad_cli.io_utils import atomic_write_text, iter_jsonl
+from llavarad_cli.predictions import BadLine, Prediction, format_line, parse_line
 
 
 @dataclass
@@ -17,7 +17,7 @@ class MergeReport:
     files: list[Path]
     written: int = 0
     identical_duplicates: int = 0
-    conflicts: list[str] = field(default_factory=list)      # ids predicted differently in two places
+    conflicts: list[str] = field(default_factory=list)      # ids whose lines differ in two places
     bad_lines: list[str] = field(default_factory=list)      # "file:line: why"
     missing: list[str] = field(default_factory=list)        # ids of the query file nobody predicted
     unexpected: list[str] = field(default_factory=list)     # ids not in the query file
@@ -37,7 +37,7 @@ class MergeReport:
 def merge_chunks(files: Sequence[Path], output: Path, query_ids: Sequence[str] | None = None) -> MergeReport:
     """Merge ``files`` (natural order: ``_10`` after ``_2``) into ``output``.
 
-    Identical duplicates (a chunk rerun) are kept once; the same id with different predictions is a conflict
+    Identical duplicates (a chunk rerun) are kept once; the same id with any other difference is a conflict
     and nothing is written. Bad lines are reported with file and line. The output is written atomically and
     only when there is no conflict.
     """
@@ -54,37 +54,33 @@ def merge_chunks(files: Sequence[Path], output: Path, query_ids: Sequence[str] |
             raise UserError(f"{path} is both a chunk and the --output file",
                             hint="write the merged file under another name (the glob preds_*.jsonl matches it)")
     report = MergeReport(files=paths)
-    rows: dict[str, dict] = {}
+    rows: dict[str, Prediction] = {}
     origin: dict[str, str] = {}
     for path in paths:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    report.bad_lines.append(f"{where}: not JSON ({exc.msg})")
-                    continue
-                if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prediction"), str):
-                    report.bad_lines.append(f"{where}: not a prediction (needs id and a string prediction)")
-                    continue
-                key = str(row["id"])
-                if key in rows:
-                    if rows[key].get("prediction") == row["prediction"]:
-                        report.identical_duplicates += 1
-                    else:
-                        report.conflicts.append(f"{key} ({origin[key]} vs {where})")
-                    continue
-                rows[key] = row
-                origin[key] = where
+        for number, line in iter_jsonl(path):
+            where = f"{path}:{number}"
+            try:
+                row = parse_line(line)
+            except BadLine as bad:
+                report.bad_lines.append(f"{where}: {bad}")
+                continue
+            if row.id in rows:
+                # The same prediction of the same query (a chunk rerun) is kept once; anything else differing
+                # (prediction, query, reference, other fields) is a conflict. Run fields (model, dtype) are
+                # how it was made, not what it is.
+                if rows[row.id].content() == row.content():
+                    report.identical_duplicates += 1
+                else:
+                    report.conflicts.append(f"{row.id} ({origin[row.id]} vs {where})")
+                continue
+            rows[row.id] = row
+            origin[row.id] = where
     if query_ids is not None:
         expected = set(query_ids)
         report.query_total = len(expected)
         report.missing = [q for q in query_ids if q not in rows]
         report.unexpected = [k for k in rows if k not in expected]
     if not report.conflicts:
-        atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
+        atomic_write_text(output, "".join(format_line(r) for r in rows.values()))
         report.written = len(rows)
     return report

@@ -14,6 +14,7 @@ from llavarad_cli.errors import UserError
 from llavarad_cli.infer.chunks import chunk_bounds
 from llavarad_cli.infer.queries import Query
 from llavarad_cli.infer.writer import PredictionWriter
+from llavarad_cli.predictions import Prediction
 
 #: Images decoded ahead of the GPU, in threads (PIL and the transform release the GIL for most of the work).
 PREFETCH_THREADS = 4
@@ -22,7 +23,6 @@ PREFETCH_THREADS = 4
 @dataclass
 class RunSummary:
     output: Path
-    in_chunk: int = 0
     already_done: int = 0
     predicted: int = 0
     skipped: Counter = field(default_factory=Counter)
@@ -70,7 +70,7 @@ def run_queries(predictor, queries: Sequence[Query], image_folder: Path, output:
     """
     import torch
 
-    summary = RunSummary(output=Path(output), in_chunk=len(queries))
+    summary = RunSummary(output=Path(output))
     with PredictionWriter(output) as writer:
         summary.resumed_torn_line = writer.truncated
         todo = [q for q in queries if q.id not in writer.done]
@@ -96,7 +96,7 @@ def run_queries(predictor, queries: Sequence[Query], image_folder: Path, output:
                     raise UserError(f"out of GPU memory at --batch-size {batch_size}; {summary.predicted} "
                                     f"predictions of this run are saved in {output}",
                                     hint="rerun with a smaller --batch-size; it resumes") from None
-                writer.write_batch({"id": q.id, "query": q.query, "reference": q.reference, "prediction": t}
+                writer.write_batch(Prediction(id=q.id, prediction=t, reference=q.reference, query=q.query)
                                    for (q, _), t in zip(good, texts))
                 summary.predicted += len(good)
             if on_progress:

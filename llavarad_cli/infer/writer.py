@@ -1,29 +1,48 @@
-"""The resumable predictions file: one JSON object per line, appended and flushed (fsync) per batch.
+"""The resumable predictions file: one prediction line each (``llavarad_cli.predictions``), appended and
+flushed (fsync) per batch.
 
-On reopening, ids already written are skipped; a half-written last line (a kill mid-write) is cut off and its
-record redone. Nothing is lost and nothing duplicated.
+On reopening, ids already written are skipped. Only a really torn last line (a kill mid-write: text that is not
+JSON and starts like the lines this writer appends) is cut off and its record redone; a complete last line that
+only lacks its newline is kept. Anything else that is not a prediction line is refused, the file untouched.
+Nothing is lost and nothing duplicated.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.predictions import BadLine, Prediction, format_line, parse_line
 
 
-def scan_predictions(path: Path) -> tuple[set[str], int]:
-    """Ids in a predictions file and the byte length of its intact part (up to the last good line)."""
-    done: set[str] = set()
-    good_bytes = 0
+@dataclass
+class Scan:
+    """What an existing predictions file holds."""
+
+    done: set[str] = field(default_factory=set)
+    good_bytes: int = 0            # length of the intact part; a torn tail starts there
+    size: int = 0
+    ends_with_newline: bool = True
+
+    @property
+    def torn(self) -> bool:
+        return self.size != self.good_bytes
+
+
+def scan_predictions(path: Path) -> Scan:
+    """The ids in a predictions file and the extent of its intact part (UserError if it is not one)."""
+    path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder", hint="--output takes the predictions file, e.g. preds.jsonl")
+    scan = Scan()
     if not path.exists():
-        return done, 0
+        return scan
     with open(path, "rb") as fh:
         data = fh.read()
+    scan.size = len(data)
     lines = data.split(b"\n")
     offset = 0
     for number, raw in enumerate(lines, start=1):
@@ -31,24 +50,23 @@ def scan_predictions(path: Path) -> tuple[set[str], int]:
         end = offset + len(raw) + (0 if is_last else 1)
         if raw.strip():
             try:
-                obj = json.loads(raw)
-                if not isinstance(obj, dict) or "id" not in obj or "prediction" not in obj:
-                    raise ValueError("not a prediction object")
-            except ValueError:
-                if is_last or all(not rest.strip() for rest in lines[number:]):
-                    if not _could_be_torn(raw):  # e.g. --output pointed at a query file: never truncate it
-                        raise UserError(f"{path}:{number}: not a predictions file (neither a prediction line "
-                                        "nor the cut-off start of one)",
-                                        hint="--output takes a new or earlier predictions JSONL") from None
+                scan.done.add(parse_line(raw).id)
+            except BadLine as bad:
+                tail = is_last or all(not rest.strip() for rest in lines[number:])
+                if tail and not bad.is_json and _could_be_torn(raw):
                     break  # the torn tail of an interrupted write: redo that record
-                raise UserError(f"{path}:{number}: not a prediction line; the file is damaged in the middle",
-                                hint="move the file away or fix that line, then rerun") from None
+                if tail or number == 1:  # e.g. --output pointed at a query file: never truncate it
+                    raise UserError(f"{path}:{number}: not a predictions file ({bad})",
+                                    hint="--output takes a new or earlier predictions JSONL") from None
+                raise UserError(f"{path}:{number}: not a prediction line ({bad}); the file is damaged in the "
+                                "middle", hint="move the file away or fix that line, then rerun") from None
             if is_last:
-                break  # valid JSON but no newline: it may still be cut short; redo it to be safe
-            done.add(str(obj["id"]))
-        good_bytes = end
+                # A line that parses is complete (a JSON object ends with its closing brace); only its newline
+                # is missing, which the writer adds before appending.
+                scan.ends_with_newline = False
+        scan.good_bytes = end
         offset = end
-    return done, good_bytes
+    return scan
 
 
 #: How every line this writer appends starts; a torn tail is a cut-off line, so it starts the same way.
@@ -68,18 +86,20 @@ class PredictionWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done, good = scan_predictions(self.path)
-        self.truncated = self.path.exists() and self.path.stat().st_size != good
-        if self.truncated:
+        scan = scan_predictions(self.path)
+        self.done = scan.done
+        self.truncated = scan.torn
+        if scan.torn:
             with open(self.path, "r+b") as fh:
-                fh.truncate(good)
+                fh.truncate(scan.good_bytes)
         self._fh = open(self.path, "a", encoding="utf-8")
+        if not scan.ends_with_newline:
+            self._fh.write("\n")
 
-    def write_batch(self, rows: Iterable[dict]) -> None:
-        for row in rows:
-            row = {"id": row["id"], **row}  # id first: every line starts with _LINE_START
-            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            self.done.add(str(row["id"]))
+    def write_batch(self, predictions: Iterable[Prediction]) -> None:
+        for prediction in predictions:
+            self._fh.write(format_line(prediction))
+            self.done.add(prediction.id)
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
