@@ -69,6 +69,8 @@ def test_same_seed_same_intervals_and_no_bootstrap(preds, tmp_path):
      "line 3: duplicate id '1' (first on line 1)"),
     ('{"id": 1, "prediction": 5, "reference": "b"}\n', "line 1: field 'prediction' must be a string"),
     ('[1, 2]\n', "line 1: expected a JSON object"),
+    ("[" * 100000 + "\n", "line 1: not usable JSON (nested too deeply)"),
+    ('{"id": ' + "1" * 5000 + ', "prediction": "a", "reference": "b"}\n', "line 1: not usable JSON"),
     ('\n', "no predictions"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, content, message):

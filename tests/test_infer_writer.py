@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -65,3 +66,58 @@ def test_writer_never_truncates_a_file_that_is_not_predictions(tmp_path, content
     with pytest.raises(UserError, match="not a predictions file"):
         PredictionWriter(path)
     assert path.read_text() == content
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_line_leaves_whole_lines_and_the_rerun_continues(tmp_path, monkeypatch):
+    from llavarad_cli.infer.writer import PredictionWriter, scan_predictions
+
+    path = tmp_path / "preds.jsonl"
+    with PredictionWriter(path) as writer:
+        writer.write_batch([_pred(0), _pred(1)])
+        good = path.read_bytes()
+        # The batch reaches the file, then fsync reports the disk full: it must not stay as a torn tail.
+        monkeypatch.setattr("os.fsync", _no_space)
+        with pytest.raises(UserError, match=r"could not write predictions to .*preds.jsonl: No space left"):
+            writer.write_batch([_pred(2), _pred(3)])
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert scan_predictions(path).done == {"s0", "s1"}
+    with PredictionWriter(path) as writer:
+        assert writer.done == {"s0", "s1"} and not writer.truncated
+        writer.write_batch([_pred(2), _pred(3)])
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["s0", "s1", "s2", "s3"]
+
+
+def test_an_output_that_cannot_be_created_is_one_line(tmp_path):
+    from llavarad_cli.infer.writer import PredictionWriter
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="could not write predictions to .*afile/preds.jsonl: .*afile is a file, not a folder"):
+        PredictionWriter(tmp_path / "afile" / "preds.jsonl")
+
+
+def test_merge_on_a_full_disk_writes_nothing_and_says_where(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from llavarad_cli.cli import app
+
+    chunk = _write(tmp_path / "p_0.jsonl", [_row(0), _row(1)])
+    monkeypatch.setattr("os.fsync", _no_space)
+    result = CliRunner().invoke(app, ["merge-chunks", str(chunk), "--output", str(tmp_path / "all.jsonl")])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "could not write the merged predictions to" in out and "No space left on device" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p_0.jsonl"]  # no output, no temp file
+
+
+def test_put_in_order_follows_the_query_order_and_keeps_other_lines(tmp_path):
+    from llavarad_cli.infer.writer import put_in_order
+
+    path = _write(tmp_path / "p.jsonl", [_row(2), _row(0), _row(9), _row(1)])
+    assert put_in_order(path, ["s0", "s1", "s2"])
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["s0", "s1", "s2", "s9"]
+    assert not put_in_order(path, ["s0", "s1", "s2"])  # already in order: not rewritten

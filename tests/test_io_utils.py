@@ -52,3 +52,16 @@ def test_non_durable_write_skips_fsync_but_stays_atomic(tmp_path, monkeypatch):
     io_utils.atomic_write_bytes(tmp_path / "b.json", b"y")
     assert len(calls) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.json"]
+
+
+@pytest.mark.parametrize("text, why", [
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"n": ' + "7" * 5000 + "}", "an integer with more digits"),
+])
+def test_deep_or_huge_json_is_one_line_naming_the_file(tmp_path, text, why):
+    path = tmp_path / "hostile.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"hostile.json: not usable JSON \\({why}"):
+        io_utils.read_json(path)
+    with pytest.raises(io_utils.JSONProblem, match=why):
+        io_utils.loads(text)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import iter_jsonl
-from llavarad_cli.predictions import BadLine, Prediction, parse_line
+from llavarad_cli.predictions import RUN_FIELDS, BadLine, Prediction, parse_line
 
 #: What evaluate scores: a prediction line (``reference`` is a string for every pair it scores).
 Pair = Prediction
@@ -21,9 +21,15 @@ class Pairs(list):
         super().__init__(items)
         self.no_reference = list(no_reference or [])
 
-    def run_values(self, name: str) -> list[str]:
-        """The distinct values of a run field (``model``, ``dtype``) over the file, in order of appearance."""
-        return list(dict.fromkeys(p.run[name] for p in self if name in p.run))
+    def made_with(self) -> dict[str, str | list[str]]:
+        """The run fields (model, dtype) the predictions record: one value, or every distinct one in order of
+        appearance when the file mixes runs; a field no line records is left out."""
+        out: dict[str, str | list[str]] = {}
+        for name in RUN_FIELDS:
+            values = list(dict.fromkeys(p.run[name] for p in self if name in p.run))
+            if values:
+                out[name] = values[0] if len(values) == 1 else values
+        return out
 
 
 def load_pairs(path: Path) -> Pairs:

@@ -47,6 +47,9 @@ def evaluate_pairs(pairs: list[Pair], options: EvalOptions, progress=None) -> Ev
     result.extra["empty_references"] = sum(is_empty(r) for r in refs)
     no_reference = getattr(pairs, "no_reference", [])
     result.extra["left_out_no_reference"] = {"count": len(no_reference), "ids": no_reference[:20]}
+    made_with = pairs.made_with() if hasattr(pairs, "made_with") else {}
+    if made_with:
+        result.extra["predictions_made_with"] = made_with
 
     def add(name: str, point: float, resampled, n_used: int = n):
         ci = percentile_interval(resampled) if resampled is not None else None

@@ -1,4 +1,5 @@
-"""Batch inference over a query file: chunk, skip what is done, length-sort, batch, write as we go."""
+"""Batch inference over a query file: chunk, skip what is done, length-sort, batch, write as we go, and put
+the output in input order at the end."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from llavarad_cli.data.images import ImageProblem, load_image, resolve_image_pat
 from llavarad_cli.errors import UserError
 from llavarad_cli.infer.chunks import chunk_bounds
 from llavarad_cli.infer.queries import Query
-from llavarad_cli.infer.writer import PredictionWriter
+from llavarad_cli.infer.writer import PredictionWriter, put_in_order
 from llavarad_cli.predictions import Prediction
 
 #: Images decoded ahead of the GPU, in threads (PIL and the transform release the GIL for most of the work).
@@ -71,12 +72,13 @@ def run_queries(predictor, queries: Sequence[Query], image_folder: Path, output:
     import torch
 
     summary = RunSummary(output=Path(output))
+    run = run_fields(predictor)
     with PredictionWriter(output) as writer:
         summary.resumed_torn_line = writer.truncated
         todo = [q for q in queries if q.id not in writer.done]
         summary.already_done = len(queries) - len(todo)
         # Longest prompts first: rows of a batch have similar lengths (little padding), and an out-of-memory
-        # error shows up on the first batch rather than hours in.
+        # error shows up on the first batch rather than hours in. The file is put back in input order at the end.
         lengths = {q.id: len(predictor.prompt_ids(q.query)) for q in todo}
         todo.sort(key=lambda q: -lengths[q.id])
         if on_start:
@@ -96,10 +98,25 @@ def run_queries(predictor, queries: Sequence[Query], image_folder: Path, output:
                     raise UserError(f"out of GPU memory at --batch-size {batch_size}; {summary.predicted} "
                                     f"predictions of this run are saved in {output}",
                                     hint="rerun with a smaller --batch-size; it resumes") from None
-                writer.write_batch(Prediction(id=q.id, prediction=t, reference=q.reference, query=q.query)
+                writer.write_batch(Prediction(id=q.id, prediction=t, reference=q.reference, query=q.query, run=run)
                                    for (q, _), t in zip(good, texts))
                 summary.predicted += len(good)
             if on_progress:
                 on_progress(len(good), len(batch) - len(good))
         summary.seconds = time.perf_counter() - started
+    put_in_order(output, [q.id for q in queries])
     return summary
+
+
+def run_fields(predictor) -> dict[str, str]:
+    """How these predictions are made, recorded on every line: the model (its path or hub id, when loaded from
+    one) and the dtype it computes in, so an evaluation can say which precision it scored."""
+    model = predictor.model
+    fields = {}
+    source = getattr(getattr(model, "config", None), "extra", {}).get("source")
+    if source:
+        fields["model"] = str(source)
+    dtype = getattr(model, "dtype", None)
+    if dtype is not None:
+        fields["dtype"] = str(dtype).replace("torch.", "")
+    return fields

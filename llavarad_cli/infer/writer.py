@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.io_utils import atomic_write_text, iter_jsonl
 from llavarad_cli.predictions import BadLine, Prediction, format_line, parse_line
 
 
@@ -80,28 +81,67 @@ def _could_be_torn(raw: bytes) -> bool:
     return text.startswith(_LINE_START) or _LINE_START.startswith(text)
 
 
+def write_failed(path: Path, exc: OSError, what: str = "predictions") -> UserError:
+    """An OSError while writing output is a property of the disk, not of the input: one line saying what could
+    not be written, where and why (disk full, read-only, a file where a folder should be)."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    blocker = next((parent for parent in Path(path).parents if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:  # mkdir says only "File exists", open "Not a directory"
+        why = f"{blocker} is a file, not a folder"
+    return UserError(f"could not write {what} to {path}: {why}",
+                     hint="free space or fix the folder, or choose another --output; a rerun continues")
+
+
 class PredictionWriter:
-    """Append-only writer; ``done`` holds the ids already in the file when it was opened."""
+    """Append-only writer; ``done`` holds the ids already in the file when it was opened.
+
+    A batch that cannot be written (disk full, …) is cut off again, so the file ends with whole lines only and a
+    rerun continues from there.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        scan = scan_predictions(self.path)
-        self.done = scan.done
-        self.truncated = scan.torn
-        if scan.torn:
-            with open(self.path, "r+b") as fh:
-                fh.truncate(scan.good_bytes)
-        self._fh = open(self.path, "a", encoding="utf-8")
-        if not scan.ends_with_newline:
-            self._fh.write("\n")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            scan = scan_predictions(self.path)
+            self.done = scan.done
+            self.truncated = scan.torn
+            if scan.torn:
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(scan.good_bytes)
+            self._fh = open(self.path, "a", encoding="utf-8")
+            self._good = scan.good_bytes
+            if not scan.ends_with_newline:
+                self._append("\n")
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
+
+    def _append(self, text: str) -> None:
+        """Append, flush and fsync ``text``; on failure, cut the file back to its last whole line."""
+        try:
+            self._fh.write(text)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            self._cut_back()
+            raise write_failed(self.path, exc) from None
+        self._good += len(text.encode("utf-8"))
+
+    def _cut_back(self) -> None:
+        try:
+            self._fh.close()  # may fail again writing its buffer; nothing of it is wanted
+        except OSError:
+            pass
+        try:
+            os.truncate(self.path, self._good)
+        except OSError:
+            pass  # the torn tail is then a prefix of a line we write, which the next run's scan redoes
+        self._fh = open(os.devnull, "a", encoding="utf-8")
 
     def write_batch(self, predictions: Iterable[Prediction]) -> None:
-        for prediction in predictions:
-            self._fh.write(format_line(prediction))
-            self.done.add(prediction.id)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        predictions = list(predictions)
+        self._append("".join(format_line(p) for p in predictions))
+        self.done.update(p.id for p in predictions)
 
     def close(self) -> None:
         self._fh.close()
@@ -111,3 +151,26 @@ class PredictionWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def put_in_order(path: Path, ids: Sequence[str]) -> bool:
+    """Rewrite ``path`` with its lines in the order of ``ids`` (lines of other ids after them, as they were).
+
+    ``infer`` predicts in its own order (longest prompt first) and appends as it goes, so a kill loses at most
+    one batch; once every query is done, the file is put in input order, so two runs' outputs diff line by line.
+    Atomic: a kill or a full disk leaves the file as it was. Returns whether anything moved.
+    """
+    path = Path(path)
+    if not path.exists():
+        return False
+    rank = {rid: i for i, rid in enumerate(ids)}
+    lines = [line if line.endswith("\n") else line + "\n" for _, line in iter_jsonl(path)]
+    keyed = [(rank.get(parse_line(line).id, len(rank)), n, line) for n, line in enumerate(lines)]
+    ordered = sorted(keyed)
+    if [n for _, n, _ in ordered] == list(range(len(keyed))):
+        return False
+    try:
+        atomic_write_text(path, "".join(line for _, _, line in ordered))
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+    return True
