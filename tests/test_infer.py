@@ -91,8 +91,10 @@ def test_batch_writes_all_readable_records_and_counts_skips(ckpt, images, querie
     assert result.exit_code == 0, result.output
     preds = _preds(out)
     assert sorted(preds) == sorted(f"r{i}" for i in range(8))
+    assert list(preds) == [f"r{i}" for i in range(8)]  # the query file's order, though predicted by length
     row = preds["r1"]
-    assert set(row) == {"id", "query", "reference", "prediction"}
+    assert set(row) == {"id", "query", "reference", "prediction", "model", "dtype"}
+    assert row["model"] == str(ckpt) and row["dtype"] == "float32"
     assert row["query"].startswith("<image>\n") and row["reference"] == "The lungs are clear."
     assert "skipped 2 record(s)" in result.output and "image_outside_folder" in result.output
 
