@@ -121,3 +121,23 @@ def test_a_records_file_may_wrap_its_list(tmp_path, envelope):
     for reader in (read_queries, load_records):
         with pytest.raises(UserError, match="expected a JSON list of records"):
             reader(path)
+
+
+def test_hostile_json_in_a_records_or_annotation_file_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from llavarad_cli.cli import app
+    from llavarad_cli.infer.queries import read_queries
+    from llavarad_cli.train.dataset import load_records
+
+    deep = tmp_path / "chat_test_deep.json"
+    deep.write_text("[" * 100000)
+    huge = tmp_path / "huge.json"
+    huge.write_text('[{"id": ' + "5" * 5000 + "}]")
+    for reader in (read_queries, load_records):
+        with pytest.raises(UserError, match="chat_test_deep.json: not usable JSON \\(nested too deeply"):
+            reader(deep)
+        with pytest.raises(UserError, match="huge.json: not usable JSON"):
+            reader(huge)
+    result = CliRunner().invoke(app, ["prepare", "--annotations", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "nested too deeply" in result.output and "Traceback" not in result.output
