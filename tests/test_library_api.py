@@ -12,7 +12,7 @@ from PIL import Image
 
 def test_importing_the_infer_package_does_not_load_torch():
     code = ("import sys, llavarad_cli.infer as infer; assert 'torch' not in sys.modules; "
-            "infer.read_queries; infer.merge_chunks; assert 'torch' not in sys.modules; print(sorted(infer.__all__))")
+            "infer.read_queries; infer.merge_chunks; infer.GenerationSettings; assert 'torch' not in sys.modules; print(sorted(infer.__all__))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "run_queries" in out and "run_batch" not in out
 

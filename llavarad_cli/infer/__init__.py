@@ -3,14 +3,14 @@
 Library use::
 
     from llavarad_cli.infer import GenerationSettings, Predictor, read_queries, run_queries, merge_chunks
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
 
     model, tokenizer = load_model("microsoft/llava-rad")
     queries = read_queries("test.json").queries
     run_queries(Predictor(model, tokenizer, GenerationSettings()), queries, "images/", "preds.jsonl")
 
 Names are imported on first use, so importing this package (as the CLI does for each command) stays cheap and
-torch is loaded only with ``Predictor`` / ``GenerationSettings``.
+torch is loaded only with ``Predictor``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import importlib
 
 _EXPORTS = {
     "Query": "queries", "QuerySet": "queries", "read_queries": "queries",
-    "GenerationSettings": "generate", "Predictor": "generate",
+    "GenerationSettings": "settings", "Predictor": "generate",
     "RunSummary": "runner", "run_queries": "runner", "select_chunk": "runner",
     "PredictionWriter": "writer", "scan_predictions": "writer",
     "MergeReport": "merge", "merge_chunks": "merge",
