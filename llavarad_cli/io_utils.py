@@ -30,7 +30,7 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _naming(exc, path) from None
+        raise naming(exc, path) from None
     try:
         os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "wb") as fh:
@@ -45,11 +45,11 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise _naming(exc, path) from None
+            raise naming(exc, path) from None
         raise
 
 
-def _naming(exc: OSError, path: Path) -> OSError:
+def naming(exc: OSError, path: Path) -> OSError:
     """The same error, naming the file the caller asked for: a write on a full disk reports no file name at
     all, and a failed temp file names a hidden `.x.abc.tmp` the user never asked for."""
     if exc.errno is None:

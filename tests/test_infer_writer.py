@@ -81,8 +81,9 @@ def test_a_full_disk_is_one_line_leaves_whole_lines_and_the_rerun_continues(tmp_
         good = path.read_bytes()
         # The batch reaches the file, then fsync reports the disk full: it must not stay as a torn tail.
         monkeypatch.setattr("os.fsync", _no_space)
-        with pytest.raises(UserError, match=r"could not write predictions to .*preds.jsonl: No space left"):
+        with pytest.raises(OSError, match="No space left") as full:
             writer.write_batch([_pred(2), _pred(3)])
+        assert full.value.filename == str(path)  # the CLI's one line names the file
     monkeypatch.undo()
     assert path.read_bytes() == good
     assert scan_predictions(path).done == {"s0", "s1"}
@@ -92,12 +93,16 @@ def test_a_full_disk_is_one_line_leaves_whole_lines_and_the_rerun_continues(tmp_
     assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["s0", "s1", "s2", "s3"]
 
 
-def test_an_output_that_cannot_be_created_is_one_line(tmp_path):
+def test_an_output_that_cannot_be_created_names_it(tmp_path):
+    from llavarad_cli.errors import os_error_line
     from llavarad_cli.infer.writer import PredictionWriter
 
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(UserError, match="could not write predictions to .*afile/preds.jsonl: .*afile is a file, not a folder"):
+    with pytest.raises(OSError) as blocked:
         PredictionWriter(tmp_path / "afile" / "preds.jsonl")
+    line = os_error_line(blocked.value)
+    assert line.startswith(f"could not write {tmp_path / 'afile' / 'preds.jsonl'}: ")
+    assert "a file is in the way where a folder is needed" in line
 
 
 def test_merge_on_a_full_disk_writes_nothing_and_says_where(tmp_path, monkeypatch):
@@ -108,9 +113,9 @@ def test_merge_on_a_full_disk_writes_nothing_and_says_where(tmp_path, monkeypatc
     chunk = _write(tmp_path / "p_0.jsonl", [_row(0), _row(1)])
     monkeypatch.setattr("os.fsync", _no_space)
     result = CliRunner().invoke(app, ["merge-chunks", str(chunk), "--output", str(tmp_path / "all.jsonl")])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     out = " ".join(result.output.split())
-    assert "could not write the merged predictions to" in out and "No space left on device" in out
+    assert f"could not write {tmp_path / 'all.jsonl'}: No space left on device" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p_0.jsonl"]  # no output, no temp file
 
 

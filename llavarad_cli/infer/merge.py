@@ -8,7 +8,6 @@ from typing import Sequence
 
 from llavarad_cli.errors import UserError
 from llavarad_cli.infer.chunks import natural_key
-from llavarad_cli.infer.writer import write_failed
 from llavarad_cli.io_utils import atomic_write_text, iter_jsonl
 from llavarad_cli.predictions import BadLine, Prediction, format_line, parse_line
 
@@ -82,9 +81,7 @@ def merge_chunks(files: Sequence[Path], output: Path, query_ids: Sequence[str] |
         report.missing = [q for q in query_ids if q not in rows]
         report.unexpected = [k for k in rows if k not in expected]
     if not report.conflicts:
-        try:
-            atomic_write_text(output, "".join(format_line(r) for r in rows.values()))
-        except OSError as exc:  # atomic: nothing half-written is left under the output name
-            raise write_failed(output, exc, "the merged predictions") from None
+        # Atomic: a full disk leaves nothing under the output name; the OSError names it for the CLI's one line.
+        atomic_write_text(output, "".join(format_line(r) for r in rows.values()))
         report.written = len(rows)
     return report

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from llavarad_cli.errors import UserError
-from llavarad_cli.io_utils import atomic_write_text, iter_jsonl
+from llavarad_cli.io_utils import atomic_write_text, iter_jsonl, naming
 from llavarad_cli.predictions import BadLine, Prediction, format_line, parse_line
 
 
@@ -81,22 +81,12 @@ def _could_be_torn(raw: bytes) -> bool:
     return text.startswith(_LINE_START) or _LINE_START.startswith(text)
 
 
-def write_failed(path: Path, exc: OSError, what: str = "predictions") -> UserError:
-    """An OSError while writing output is a property of the disk, not of the input: one line saying what could
-    not be written, where and why (disk full, read-only, a file where a folder should be)."""
-    why = exc.strerror or str(exc) or type(exc).__name__
-    blocker = next((parent for parent in Path(path).parents if parent.exists() and not parent.is_dir()), None)
-    if blocker is not None:  # mkdir says only "File exists", open "Not a directory"
-        why = f"{blocker} is a file, not a folder"
-    return UserError(f"could not write {what} to {path}: {why}",
-                     hint="free space or fix the folder, or choose another --output; a rerun continues")
-
-
 class PredictionWriter:
     """Append-only writer; ``done`` holds the ids already in the file when it was opened.
 
     A batch that cannot be written (disk full, …) is cut off again, so the file ends with whole lines only and a
-    rerun continues from there.
+    rerun continues from there. Such an OSError goes on naming the predictions file (a failed write names none):
+    the CLI turns it into one line, like every output that cannot be written.
     """
 
     def __init__(self, path: Path):
@@ -114,7 +104,7 @@ class PredictionWriter:
             if not scan.ends_with_newline:
                 self._append("\n")
         except OSError as exc:
-            raise write_failed(self.path, exc) from None
+            raise naming(exc, self.path) from None
 
     def _append(self, text: str) -> None:
         """Append, flush and fsync ``text``; on failure, cut the file back to its last whole line."""
@@ -124,7 +114,7 @@ class PredictionWriter:
             os.fsync(self._fh.fileno())
         except OSError as exc:
             self._cut_back()
-            raise write_failed(self.path, exc) from None
+            raise naming(exc, self.path) from None
         self._good += len(text.encode("utf-8"))
 
     def _cut_back(self) -> None:
@@ -169,8 +159,5 @@ def put_in_order(path: Path, ids: Sequence[str]) -> bool:
     ordered = sorted(keyed)
     if [n for _, n, _ in ordered] == list(range(len(keyed))):
         return False
-    try:
-        atomic_write_text(path, "".join(line for _, _, line in ordered))
-    except OSError as exc:
-        raise write_failed(path, exc) from None
+    atomic_write_text(path, "".join(line for _, _, line in ordered))
     return True
