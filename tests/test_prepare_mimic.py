@@ -424,3 +424,18 @@ def test_a_report_that_is_a_named_pipe_is_unreadable_instead_of_a_hang(tmp_path)
     assert result.exit_code == 0, result.output
     unreadable = json.loads((out / "prepare-summary.json").read_text())["skipped"]["unreadable_report"]
     assert "p10/p10000764/s57375967.txt (not a regular file)" in unreadable["examples"]
+
+
+def test_full_disk_through_the_cli_is_one_line_naming_the_file_and_exit_1(tmp_path, monkeypatch):
+    from test_prepare_resize import full_disk
+
+    mimic = build_tree(tmp_path)
+    out = tmp_path / "out"
+    full_disk(monkeypatch, after=1)  # the size marker fits, the first copy does not
+    result = _run("--mimic-dir", mimic, "--out", out, "--image-size", 40, "--workers", 1)
+    assert result.exit_code == 1
+    assert not isinstance(result.exception, OSError)  # handled, not a traceback
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("error: could not write ") and str(out / "images") in line
+    assert "No space left on device" in line and "unreadable" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["images"]
