@@ -8,12 +8,14 @@ Layouts: ``native`` (what ``pretrain``/``finetune`` write, :mod:`llavarad_cli.mo
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
 from llavarad_cli.errors import UserError
-from llavarad_cli.model.weights import cache_dir, hub_offline, is_local, resolve_dir, resolve_file
+from llavarad_cli.model.weights import (cache_dir, first_line, hub_offline, is_local, pickle_refusal, resolve_dir,
+                                        resolve_file)
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 #: The one dtype table: every name a user may give (``--dtype``, a spec's ``train.precision``) -> torch dtype.
@@ -117,14 +119,94 @@ def load_lm(source: str, dtype: torch.dtype, device: torch.device, attn_implemen
 
     hf_logging.disable_progress_bar()  # our own progress/status lines are enough
     where = resolve_dir(source, "base language model")
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(
-            where, dtype=dtype, attn_implementation=check_attn(attn_implementation), device_map=str(device))
-    except OSError as exc:
-        raise UserError(f"base language model `{source}` could not be loaded{_where(source)}: {_first_line(exc)}",
-                        hint="give a local folder with config.json and the weights, or go online once") from None
+    what = f"base language model `{source}`"
+    attn = check_attn(attn_implementation)
+    with _TransformersLog() as log:
+        try:
+            lm, info = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation=attn,
+                                                            device_map=str(device), output_loading_info=True)
+        except OSError as exc:
+            raise UserError(f"{what} could not be loaded{_where(source)}: {first_line(exc)}",
+                            hint="give a local folder with config.json and the weights, or go online once") from None
+        except pickle.UnpicklingError as exc:
+            refusal = pickle_refusal(f"{what}: {_weights_files(where)}", exc)
+            raise UserError(refusal.message, hint="use the LM's safetensors files (pickled .bin weights are read "
+                                                   "only when they hold nothing but tensors)") from None
+        except torch.OutOfMemoryError:
+            raise  # not a fact about the files
+        except Exception as exc:  # noqa: BLE001 - any other failure to read these files is a fact about them
+            raise UserError(f"{what}: {_bad_lm_files(where, exc, log.messages)}",
+                            hint="the files are damaged or do not belong together: download or save them again") \
+                from None
+        missing = list(info.get("missing_keys") or [])
+        mismatched = list(info.get("mismatched_keys") or [])
+        if missing or mismatched:
+            key = missing[0] if missing else mismatched[0][0]
+            raise UserError(f"{what}: {len(missing) + len(mismatched)} weight(s) of its config.json missing from "
+                            f"or of another shape in {_weights_files(where)}, e.g. {key}; they would be random",
+                            hint="the files are damaged or do not belong together: download or save them again")
+    log.replay()
     lm.eval()
     return lm
+
+
+class _TransformersLog:
+    """Holds back transformers' log while it loads, so a bad folder is our one line rather than its load-report
+    table followed by a traceback; on success what it said is passed on (``replay``)."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("transformers")
+        self.messages: list[str] = []
+        self.records: list = []
+        outer = self
+
+        class _Hold(logging.Handler):
+            def emit(self, record):
+                outer.records.append(record)
+                outer.messages.append(record.getMessage())
+
+        self.saved = (self.logger.handlers[:], self.logger.propagate)
+        self.logger.handlers, self.logger.propagate = [_Hold(logging.WARNING)], False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.handlers, self.logger.propagate = self.saved
+
+    def replay(self) -> None:
+        for record in self.records:
+            self.logger.handle(record)
+
+
+def _weights_files(where: str) -> str:
+    folder = Path(where)
+    names = sorted(p.name for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    return f"{folder / names[0]}" + (f" (and {len(names) - 1} more)" if len(names) > 1 else "") if names else where
+
+
+def _bad_lm_files(where: str, exc: BaseException, log: list[str]) -> str:
+    """Which file of an LM folder is bad, and how, for transformers' many ways of failing on one."""
+    import re
+
+    folder = Path(where)
+    if folder.is_dir():
+        from safetensors import safe_open
+
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except Exception as bad:  # noqa: BLE001 - the reason is reported
+                return f"{path}: not a readable safetensors file ({first_line(bad)})"
+    report = next((m for m in log if "MISMATCH" in m), "")
+    row = next((re.sub(r"\x1b\[[0-9;]*m", "", line) for line in report.splitlines() if "size mismatch" in line), "")
+    if row:
+        key = row.split("|")[0].strip()
+        shapes = row.rsplit("-", 1)[-1].strip()
+        return f"a weight in {_weights_files(where)} has another shape than its config.json says ({key}: {shapes})"
+    config = folder / "config.json" if folder.is_dir() else "its config.json"
+    return f"{config} or its weights could not be used ({type(exc).__name__}: {first_line(exc)})"
 
 
 def load_tokenizer(source: str):
@@ -134,6 +216,7 @@ def load_tokenizer(source: str):
     reference's slow tokenizer was (transformers 5's converted BPE gives other ids around runs of spaces; see
     model/sp_tokenizer.py). Anything else goes through ``AutoTokenizer``.
     """
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoTokenizer
 
     from llavarad_cli.model.sp_tokenizer import SentencePieceTokenizer
@@ -145,8 +228,11 @@ def load_tokenizer(source: str):
             tokenizer = SentencePieceTokenizer.from_folder(sp_folder)
         else:
             tokenizer = AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"tokenizer of `{source}` could not be loaded{_where(source)}: {_first_line(exc)}",
+    except StrictDataclassError as exc:  # a config.json value of the wrong type
+        raise UserError(f"{Path(where) / 'config.json' if Path(where).is_dir() else where}: {first_line(exc)}",
+                        hint="the model's config.json is damaged: download or save it again") from None
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise UserError(f"tokenizer of `{source}` could not be loaded{_where(source)}: {first_line(exc)}",
                         hint="give a local folder with the tokenizer files, or go online once") from None
     _ensure_bos(tokenizer)
     if tokenizer.pad_token is None and (tokenizer.unk_token is not None or tokenizer.eos_token is not None):
@@ -199,8 +285,3 @@ def _where(source: str) -> str:
     if is_local(source) or not hub_offline():
         return ""
     return f" (offline, HF_HUB_OFFLINE=1: looked only in the local Hugging Face cache {cache_dir()})"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

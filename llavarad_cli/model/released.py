@@ -8,8 +8,7 @@ transformers' own LLaVA), ``adapter_config.json`` + ``adapter_model.bin`` (LoRA,
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -18,10 +17,10 @@ from llavarad_cli.errors import UserError
 from llavarad_cli.model.assemble import assemble_model
 from llavarad_cli.model.loading import load_lm, load_tokenizer
 from llavarad_cli.model.lora import merge_lora
-from llavarad_cli.model.projector import projector_state_from
+from llavarad_cli.model.projector import PROJECTOR_TYPES, projector_depth, projector_state_from
 from llavarad_cli.model.shapes import RELEASED_BASE
 from llavarad_cli.model.vision import build_vision_tower
-from llavarad_cli.model.weights import load_state_file, resolve_file
+from llavarad_cli.model.weights import config_value, load_state_file, read_json_object, resolve_file
 
 #: The name the reference falls back to when the configured tower JSON path does not exist.
 RELEASED_TOWER_CONFIG = "biomedclipcxr_518.json"
@@ -31,26 +30,39 @@ DEFAULT_BASE = RELEASED_BASE
 
 
 def read_released_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or "mm_projector_type" not in config:
+    """The LLaVA ``config.json``, with the fields llavarad reads checked for their types and defaults filled."""
+    config = read_json_object(path, "LLaVA-Rad config")
+    if "mm_projector_type" not in config:
         raise UserError(f"{path}: not a LLaVA(-Rad) config (no mm_projector_type)",
                         hint="--model must be the released llava-rad layout or a llavarad checkpoint")
-    return config
+    projector_type = config_value(config, "mm_projector_type", str, path)
+    if projector_depth(projector_type) is None:
+        raise UserError(f"{path}: unknown mm_projector_type `{projector_type}`", hint=f"use {PROJECTOR_TYPES}")
+    return {
+        **config, "mm_projector_type": projector_type,
+        "mm_hidden_size": config_value(config, "mm_hidden_size", int, path, default=None),
+        "mm_vision_select_layer": config_value(config, "mm_vision_select_layer", int, path, default=-2,
+                                               what="a block index"),
+        "mm_vision_select_feature": config_value(config, "mm_vision_select_feature", str, path, default="patch"),
+        "mm_use_im_start_end": config_value(config, "mm_use_im_start_end", bool, path, default=False),
+        "mm_use_im_patch_token": config_value(config, "mm_use_im_patch_token", bool, path, default=False),
+        "mm_vision_tower_config": config_value(config, "mm_vision_tower_config", str, path, default=None),
+        "mm_vision_tower_checkpoint": config_value(config, "mm_vision_tower_checkpoint", str, path, default=None),
+    }
 
 
-def _tower_file(model: str, configured: str | None, default: str, what: str) -> Path:
+def _tower_file(model: str, configured: str | None, default: str, what: str, origin: Path) -> Path:
     """The tower files are looked up by bare filename in the model repo/folder (the config holds a
-    training-time path), falling back to the released name, as the reference does."""
-    names = [Path(configured).name] if configured else []
+    training-time path), falling back to the released name, as the reference does; so a configured path
+    never leads out of the folder."""
+    names = [PurePosixPath(configured.replace("\\", "/")).name] if configured else []
+    names = [name for name in names if name not in ("", ".", "..")]
     names += [default] if default not in names else []
     for name in names[:-1]:
-        found = resolve_file(model, name, what, required=False)
+        found = resolve_file(model, name, what, required=False, origin=origin)
         if found is not None:
             return found
-    return resolve_file(model, names[-1], what)
+    return resolve_file(model, names[-1], what, origin=origin)
 
 
 def load_released(model: str, model_base: str | None, device: torch.device, dtype: torch.dtype,
@@ -59,20 +71,20 @@ def load_released(model: str, model_base: str | None, device: torch.device, dtyp
     config_path = resolve_file(model, "config.json", "LLaVA-Rad config")
     config = read_released_config(config_path)
     model_base = model_base or DEFAULT_BASE
-    if config.get("mm_use_im_start_end") or config.get("mm_use_im_patch_token"):
+    if config["mm_use_im_start_end"] or config["mm_use_im_patch_token"]:
         raise UserError(f"{config_path}: mm_use_im_start_end / mm_use_im_patch_token are not supported "
                         "(LLaVA-Rad uses neither)")
-    if config.get("mm_vision_select_feature", "patch") != "patch":
+    if config["mm_vision_select_feature"] != "patch":
         raise UserError(f"{config_path}: only mm_vision_select_feature=patch is supported")
 
     projector_file = resolve_file(model, "non_lora_trainables.bin", "projector weights")
     adapter_config = resolve_file(model, "adapter_config.json", "LoRA adapter config")
     adapter_file = (resolve_file(model, ADAPTER_FILES[0], "LoRA adapter weights", required=False)
                     or resolve_file(model, ADAPTER_FILES[1], "LoRA adapter weights"))
-    tower_config = _tower_file(model, config.get("mm_vision_tower_config"), RELEASED_TOWER_CONFIG,
-                               "vision tower config")
-    tower_ckpt = _tower_file(model, config.get("mm_vision_tower_checkpoint"), RELEASED_TOWER_CHECKPOINT,
-                             "vision tower checkpoint")
+    tower_config = _tower_file(model, config["mm_vision_tower_config"], RELEASED_TOWER_CONFIG,
+                               "vision tower config", config_path)
+    tower_ckpt = _tower_file(model, config["mm_vision_tower_checkpoint"], RELEASED_TOWER_CHECKPOINT,
+                             "vision tower checkpoint", config_path)
 
     projector_state, lm_state = split_non_lora_trainables(load_state_file(projector_file, trust_pickle),
                                                           str(projector_file))
@@ -82,10 +94,10 @@ def load_released(model: str, model_base: str | None, device: torch.device, dtyp
         load_lm_weights(lm, lm_state, str(projector_file))
     lm = merge_lora(lm, adapter_config, adapter_file, trust_pickle)
 
-    tower = build_vision_tower(tower_config, tower_ckpt, select_layer=int(config.get("mm_vision_select_layer", -2)),
+    tower = build_vision_tower(tower_config, tower_ckpt, select_layer=config["mm_vision_select_layer"],
                                trust_pickle=trust_pickle)
     result = assemble_model(lm, tower, config["mm_projector_type"], projector_state=projector_state,
-                            projector_origin=str(projector_file), mm_hidden_size=config.get("mm_hidden_size"),
+                            projector_origin=str(projector_file), mm_hidden_size=config["mm_hidden_size"],
                             config_origin=str(config_path), dtype=dtype, template="v1",
                             extra={"source": str(model), "layout": "released"})
     return result.eval(), tokenizer

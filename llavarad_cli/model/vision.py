@@ -8,7 +8,6 @@ dropped and no final norm, as LLaVA-Rad computes them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,17 +21,25 @@ TIMM_KWARGS_KEY = "timm_model_kwargs"
 
 
 def read_vision_config(config_path: Path) -> dict[str, Any]:
-    """The open_clip model JSON; only ``vision_cfg`` matters here."""
+    """The open_clip model JSON; only ``vision_cfg`` matters here, and its fields are checked for their types."""
+    from llavarad_cli.model.weights import config_value, read_json_object
+
     config_path = Path(config_path)
     if not config_path.is_file():
         raise UserError(f"vision tower config not found: {config_path}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{config_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    vision_cfg = config.get("vision_cfg") if isinstance(config, dict) else None
+    config = read_json_object(config_path, "vision tower config")
+    vision_cfg = config.get("vision_cfg")
     if not isinstance(vision_cfg, dict) or not vision_cfg.get("timm_model_name"):
         raise UserError(f"{config_path}: not an open_clip timm-trunk config (needs vision_cfg.timm_model_name)")
+    where = f"{config_path} (vision_cfg)"
+    config_value(config, "embed_dim", int, config_path, default=512)
+    config_value(vision_cfg, "timm_model_name", str, where)
+    config_value(vision_cfg, TIMM_KWARGS_KEY, dict, where, default={})
+    config_value(vision_cfg, "timm_pool", str, where, default="avg")
+    config_value(vision_cfg, "timm_proj", str, where, default="linear")
+    size = config_value(vision_cfg, "image_size", (int, list), where, default=224)
+    if isinstance(size, list) and not (len(size) == 2 and all(type(v) is int for v in size) and size[0] == size[1]):
+        raise UserError(f"{where}: `image_size` must be an integer (or [n, n]), not {size}")
     return config
 
 

@@ -1,14 +1,20 @@
-"""Finding and reading weight files: a local folder or a hub repo, safetensors or (safely) pickled.
+"""Finding and reading model files: a local folder or a hub repo, safetensors or (safely) pickled, JSON configs.
 
-Pickled ``.bin``/``.pt`` files are read with ``torch.load(weights_only=True)``; a file that needs arbitrary code
-to unpickle is refused unless the user passes ``--trust-pickle``. A missing file is one message that names the
-file and every place looked.
+The one place that decides what a model folder may make llavarad read, and how a bad file is reported:
+
+- a file name taken from a config is confined to its model folder: absolute names, ``..`` and symlinks that
+  lead out of the folder are refused (a hub snapshot's links into its own repo's blob store are fine);
+- pickled ``.bin``/``.pt`` files are read with ``torch.load(weights_only=True)``; a file that needs arbitrary
+  code to unpickle is refused unless the user passes ``--trust-pickle``;
+- a truncated or garbage weights file, a config that is not a JSON object, or a config value of the wrong type
+  is one line naming the file and the problem; a missing file is one line naming every place looked.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from llavarad_cli.errors import UserError
@@ -65,17 +71,52 @@ def is_local(source: str | Path) -> bool:
     return text.startswith((".", "/", "~")) or text.count("/") != 1 or os.sep == "\\" and "\\" in text
 
 
-def resolve_file(source: str | Path, filename: str, what: str, required: bool = True) -> Path | None:
+def check_name(filename: Any, what: str, origin: str | Path) -> str:
+    """A file name from a config (``origin``): a string naming a path inside the model folder, or a UserError."""
+    if not isinstance(filename, str) or not filename.strip():
+        raise UserError(f"{origin}: the {what} file name must be a non-empty string, not {_shown(filename)}")
+    parts = PurePosixPath(filename.replace("\\", "/"))
+    if parts.is_absolute() or PureWindowsPath(filename).drive or ".." in parts.parts:
+        raise UserError(f"{origin}: the {what} file `{filename}` points outside the model folder",
+                        hint="file names in a model's configs are relative to its folder")
+    return filename
+
+
+def confine(folder: Path, path: Path, what: str, origin: str | Path) -> Path:
+    """``path`` if it really lies in ``folder`` once symlinks are followed, else a UserError.
+
+    A Hugging Face cache snapshot links each file into its repo's blob store (``models--x--y/blobs``): the
+    repo folder is the confine there.
+    """
+    real_folder, real = Path(folder).resolve(), Path(path).resolve()
+    allowed = [real_folder]
+    if real_folder.parent.name == "snapshots":
+        allowed.append(real_folder.parent.parent)
+    if not any(real == root or root in real.parents for root in allowed):
+        raise UserError(f"{origin}: the {what} `{path}` leads outside the model folder {folder} (to {real})",
+                        hint="copy the file into the model folder instead of linking to it")
+    return path
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, list, dict, type(None))) else repr(value)
+    return f"{type(value).__name__} {text[:60]}"
+
+
+def resolve_file(source: str | Path, filename: str, what: str, required: bool = True,
+                 origin: str | Path | None = None) -> Path | None:
     """``filename`` inside ``source`` (a local folder or a hub repo id), downloaded/cached when a hub id.
 
-    Offline (``HF_HUB_OFFLINE=1``) only the local HF cache is consulted. Returns None when not ``required``
-    and the file does not exist.
+    ``filename`` may come from a config (``origin``, for messages): it must stay inside the folder. Offline
+    (``HF_HUB_OFFLINE=1``) only the local HF cache is consulted. Returns None when not ``required`` and the
+    file does not exist.
     """
+    check_name(filename, what, origin or source)
     if is_local(source):
         folder = Path(source).expanduser()
         path = folder / filename
         if path.is_file():
-            return path
+            return confine(folder, path, what, origin or folder)
         if not required:
             return None
         where = f"the folder {folder}" if folder.is_dir() else f"{folder} (no such folder)"
@@ -111,7 +152,7 @@ def resolve_file(source: str | Path, filename: str, what: str, required: bool = 
             return None
         raise UserError(f"{what} `{filename}` not found: the hub repo {source} has no such file") from None
     except HfHubHTTPError as exc:
-        raise UserError(f"{what} `{filename}` of {source}: the hub refused it ({_first_line(exc)})",
+        raise UserError(f"{what} `{filename}` of {source}: the hub refused it ({first_line(exc)})",
                         hint="check access to the repo (`hf auth login`), or pass a local folder") from None
 
 
@@ -126,9 +167,15 @@ def resolve_dir(source: str | Path, what: str) -> str:
     return str(source)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message; with the next one when it only introduces it (ends in ``:``)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return text[:200]
+
+
 
 
 def cache_dir() -> str:
@@ -148,19 +195,77 @@ def load_state_file(path: Path, trust_pickle: bool = False) -> Any:
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            # Truncated, garbage or an unknown dtype: the header says how much data there should be.
+            raise UserError(f"{path}: not a readable safetensors file ({first_line(exc)})",
+                            hint="the file is damaged or incomplete: download or save it again") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        state = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
-        if trust_pickle:
-            raise UserError(f"{path}: cannot be unpickled ({str(exc).splitlines()[0]})") from None
-        # torch's message is long and multi-line; the "Unsupported global" line names the offending class.
-        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
-        raise UserError(
-            f"{path}: refusing to unpickle: it needs code beyond plain tensors to load"
-            + (f" ({detail[:200]})" if detail else ""),
-            hint="pass --trust-pickle only if you trust where this file came from") from None
-    except (RuntimeError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable torch file ({str(exc).splitlines()[0][:160]})") from None
+        raise pickle_refusal(path, exc, trust_pickle) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise UserError(f"{path}: not a readable torch file ({first_line(exc)[:160]})",
+                        hint="the file is damaged or incomplete: download or save it again") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: holds a {type(state).__name__}, not a state dict of named tensors")
+    return state
+
+
+def pickle_refusal(path: Path | str, exc: BaseException, trust_pickle: bool = False) -> UserError:
+    """The one line for a pickle torch will not load: code it refuses to run, or bytes that are no pickle."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    # torch's message is long and multi-line; an "Unsupported global" line names the class it would have to
+    # import and run, any other refusal ("Unsupported operand 103") means the bytes are no pickle at all.
+    detail = next((ln for ln in lines if "unsupported global" in ln.lower()), "")
+    if trust_pickle or not detail:
+        reason = next((ln for ln in lines if ln.startswith("Unsupported")), first_line(exc))
+        return UserError(f"{path}: not a readable torch file ({reason[:160]})",
+                         hint="the file is damaged or incomplete: download or save it again")
+    return UserError(f"{path}: refusing to unpickle: it needs code beyond plain tensors to load"
+                     + (f" ({detail[:200]})" if detail else ""),
+                     hint="pass --trust-pickle only if you trust where this file came from")
+
+
+def read_json_object(path: Path | str, what: str) -> dict[str, Any]:
+    """A JSON config that must be an object: unreadable bytes, bad JSON or another type is one line."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: the {what} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: the {what} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise UserError(f"{path}: the {what} is nested too deeply to be a config") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: the {what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+_NO_DEFAULT = object()
+
+
+def config_value(config: dict[str, Any], key: str, kind: type | tuple[type, ...], origin: str | Path,
+                 default: Any = _NO_DEFAULT, what: str | None = None) -> Any:
+    """``config[key]`` checked to be of ``kind`` (``bool`` is never an ``int`` here), else one line.
+
+    ``default`` applies when the key is absent (or null); without one the key is required.
+    """
+    value = config.get(key)
+    if value is None:
+        if default is _NO_DEFAULT:
+            raise UserError(f"{origin}: `{key}` is missing")
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join("integer" if k is int else "number" if k is float else "string" if k is str else
+                            "object" if k is dict else "list" if k is list else k.__name__
+                            for k in kinds if not (k is int and float in kinds))
+        raise UserError(f"{origin}: `{key}` must be {'an' if names[0] in 'aeiou' else 'a'} {names}"
+                        f"{' (' + what + ')' if what else ''}, not {_shown(value)}")
+    return value

@@ -26,16 +26,14 @@ def base_reference(spec: RunSpec) -> str:
 def save_weights(model, spec: RunSpec, path: Path, reference_tower: bool = False) -> Path:
     """The trainable state in the native layout (stage 1: projector only; stage 2: adapter + projector).
 
-    ``reference_tower`` (intermediate checkpoints): record the frozen tower's own config and checkpoint files
-    by path instead of copying its weights into every checkpoint. The final output copies them, so it can be
-    moved to another machine whole.
+    ``reference_tower`` (intermediate checkpoints): hard-link the frozen tower's files from the run folder's
+    own copy (written once, and the final output's) instead of writing them into every checkpoint.
     """
-    from llavarad_cli.model.native import save_native_checkpoint
-    from llavarad_cli.train.build import tower_files
+    from llavarad_cli.model.native import save_native_checkpoint, write_tower
 
     files = None
     if reference_tower:
-        files = tower_files(spec)
+        files = write_tower(Path(spec.output.dir), model.vision_tower)
     return save_native_checkpoint(Path(path), model, base=base_reference(spec),
                                   lm_weights="adapter" if spec.lora.enabled else "none",
                                   extra={"trained_by": f"llavarad {spec.stage}"}, tower_files=files)
