@@ -42,7 +42,7 @@ def archive_config(bert: str = PUBMEDBERT, max_span_width: int = 6, hidden: int 
     }
 
 
-def tiny_bert_files(folder: Path, texts: Iterable[str], vocab_size: int = 600) -> Path:
+def tiny_bert_files(folder: Path, texts: Iterable[str], vocab_size: int = 600, real_size: bool = False) -> Path:
     """config.json + vocab.txt + tokenizer_config.json, the three files the real BERT repo provides."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig
@@ -53,8 +53,9 @@ def tiny_bert_files(folder: Path, texts: Iterable[str], vocab_size: int = 600) -
     trainer.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=1, show_progress=False)
     trainer.save_model(str(folder))
     size = len((folder / "vocab.txt").read_text("utf-8").splitlines())
-    BertConfig(vocab_size=size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-               max_position_embeddings=512).to_json_file(str(folder / "config.json"))
+    # real_size: PubMedBERT-base's shape (BertConfig's defaults: 768 wide, 12 layers), for the benchmark
+    shape = {} if real_size else dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertConfig(vocab_size=size, max_position_embeddings=512, **shape).to_json_file(str(folder / "config.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
     return folder
 
@@ -68,7 +69,7 @@ def write_vocabulary(folder: Path) -> None:
     (folder / f"{DATASET}__relation_labels.txt").write_text("\n".join(RELATION_LABELS) + "\n")
 
 
-def tiny_radgraph(folder: Path, texts: Iterable[str], seed: int = 0) -> Path:
+def tiny_radgraph(folder: Path, texts: Iterable[str], seed: int = 0, real_size: bool = False) -> Path:
     """``folder/radgraph.tar.gz`` with seeded random weights, plus ``folder/<PubMedBERT name>/``; returns folder.
 
     Weights are widened from their init so that the random model finds entities and relations that depend on
@@ -78,8 +79,9 @@ def tiny_radgraph(folder: Path, texts: Iterable[str], seed: int = 0) -> Path:
     from llavarad_cli.evaluate.radgraph_model import build, load_vocabulary
 
     folder = Path(folder)
-    bert_dir = tiny_bert_files(folder / PUBMEDBERT.split("/")[-1], texts)
-    config = archive_config()
+    texts = list(texts)
+    bert_dir = tiny_bert_files(folder / PUBMEDBERT.split("/")[-1], texts, 30522 if real_size else 600, real_size)
+    config = archive_config(hidden=150) if real_size else archive_config()  # 150: DyGIE++'s usual width
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
         (model_dir / "config.json").write_text(json.dumps(config, indent=2))
