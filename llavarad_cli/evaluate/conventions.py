@@ -13,12 +13,14 @@ CONVENTIONS = {
                      "BootstrapAggregator mid, i.e. the median of 500 bootstrap means drawn with NumPy's global "
                      "RNG seeded 3 (as when nothing else drew from it first); for comparison only, the metric "
                      "above is the mean over reports.",
-    "F1-CheXbert": "CheXbert labeler (bert-base-uncased + 14 heads, chexbert.pth) on predictions and references; "
+    "F1-CheXbert": "CheXbert labeler (bert-base-uncased + 14 heads, chexbert.pth; eager attention, as the paper's "
+                   "transformers 4.31 ran it) on predictions and references; "
                    "micro and macro F1 (sklearn, zero_division=0) over 14 observations and over 5 (Cardiomegaly, "
                    "Edema, Consolidation, Atelectasis, Pleural Effusion); uncertain counted as negative (the "
                    "headline columns) and as positive (the '+' columns); macro averages every observation, even one "
                    "without support; scale 0-1.",
-    "F1-RadGraph": "original RadGraph model (radgraph.tar.gz, StanfordAIMI/RRG_scorers @ d97745aa), 'partial' "
+    "F1-RadGraph": "original RadGraph model (radgraph.tar.gz, StanfordAIMI/RRG_scorers @ d97745aa; eager "
+                   "attention in its BERT, as the paper's transformers 4.31 ran it), 'partial' "
                    "reward: per report a set of (entity tokens, label[, has-relation]) compared case-sensitively, "
                    "F1 per report, averaged; an empty (or whitespace-only) prediction or reference scores 0; "
                    "scale 0-1.",
