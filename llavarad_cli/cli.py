@@ -18,6 +18,7 @@ from llavarad_cli.errors import UserError
 from llavarad_cli.evaluate.options import EvalOptions
 from llavarad_cli.infer.settings import DEFAULT_BATCH_SIZE, GenerationSettings, ModelChoice
 from llavarad_cli.model.shapes import RELEASED_BASE
+from llavarad_cli.model import export as export_defaults
 
 app = App(
     name="llavarad",
@@ -173,6 +174,25 @@ def infer(
     code = commands.infer_batch(job, choice, settings, gpus, image is not None, console, err_console)
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
+def export(
+    model: str = typer.Argument(..., help="What `infer --model` takes: the released layout or a llavarad checkpoint (hub id or local dir)."),
+    out: Path = typer.Argument(..., help="Folder to write: loads with transformers alone (LlavaForConditionalGeneration)."),
+    model_base: Optional[str] = typer.Option(None, "--model-base", help="Base LM, as for `infer` (default: the released default or the recorded base)."),
+    dtype: str = typer.Option(export_defaults.DEFAULT_DTYPE, "--dtype", help=f"{', '.join(export_defaults.DTYPE_CHOICES)} weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow .bin/.pt files that need arbitrary code to unpickle (only for files you trust)."),
+):
+    """Write MODEL as a plain transformers LLaVA folder (LoRA merged, safetensors, processor, chat template, model card)."""
+    from llavarad_cli.model.export import export_model
+
+    result = export_model(model, out, model_base, dtype, overwrite, trust_pickle,
+                          status=lambda message: err_console.print(escape(message), style="dim"))
+    console.print(f"wrote {escape(str(result.out))}: {result.parameters:,} parameters, image token id "
+                  f"{result.image_token_id} x {result.num_image_tokens} positions, files {escape(', '.join(result.files))}")
 
 
 @app.command("merge-chunks")

@@ -28,11 +28,15 @@ NATIVE_CONFIG = "llavarad.json"
 
 
 def detect_layout(model: str) -> str:
-    """``native`` when the source has ``llavarad.json``, ``released`` when it has a LLaVA ``config.json``."""
+    """``native`` when the source has ``llavarad.json``; with a ``config.json``, ``exported`` for transformers'
+    own LLaVA layout (``llavarad export``), else ``released``."""
     if resolve_file(model, NATIVE_CONFIG, "llavarad checkpoint config", required=False) is not None:
         return "native"
-    if resolve_file(model, "config.json", "model config", required=False) is not None:
-        return "released"
+    config = resolve_file(model, "config.json", "model config", required=False)
+    if config is not None:
+        from llavarad_cli.model.hf_layout import is_exported_config
+
+        return "exported" if is_exported_config(config) else "released"
     if is_local(model):
         where = f"the folder {Path(model).expanduser()}"
     elif hub_offline():
@@ -48,7 +52,8 @@ def detect_layout(model: str) -> str:
 def load_model(model: str, model_base: str | None = None, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
                trust_pickle: bool = False):
-    """Load ``(LlavaRadModel, tokenizer)`` from a native checkpoint or the released layout (local or hub).
+    """Load ``(LlavaRadModel, tokenizer)`` from a native checkpoint, the released layout or an exported folder
+    (local or hub).
 
     Device defaults to CUDA when available; dtype to fp16 on GPU (the paper's evaluation), fp32 on CPU.
     """
@@ -56,7 +61,12 @@ def load_model(model: str, model_base: str | None = None, device: str | torch.de
     torch_dtype = pick_dtype(chosen, dtype)
     check_attn(attn_implementation)
     # The layout modules import this one for the LM and tokenizer, hence imported here, when needed.
-    if detect_layout(str(model)) == "native":
+    layout = detect_layout(str(model))
+    if layout == "exported":
+        from llavarad_cli.model.hf_layout import load_exported
+
+        return load_exported(str(model), chosen, torch_dtype, attn_implementation)
+    if layout == "native":
         from llavarad_cli.model.native import load_native as load
     else:
         from llavarad_cli.model.released import load_released as load
