@@ -18,7 +18,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 folder = "{folder}"
 model = AutoModelForImageTextToText.from_pretrained(folder)   # LlavaForConditionalGeneration
-processor = AutoProcessor.from_pretrained(folder, backend="pil")  # PIL bicubic, as the model was trained
+# trust_remote_code: the folder's processing_llavarad.py, open_clip's exact crop (see the model card)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 image = Image.open("{image}").convert("RGB")
 text = ("Provide a description of the findings in the radiology image given the following indication: "
         "shortness of breath")   # or, without a reason: "Provide a description of the findings in the radiology image."
@@ -71,11 +72,13 @@ def model_card(source: dict[str, Any], parameters: int) -> str:
         usage_snippet().rstrip(),
         "```",
         "",
-        "The processor reproduces the released preprocessing (shortest side resized with PIL bicubic, centre "
-        "crop, OpenAI-CLIP mean/std) with `backend=\"pil\"`; transformers' default torchvision backend resizes "
-        "differently (a grey level or two). The centre crop rounds its offset down where the original rounded "
-        "half to even: on images whose resized long side exceeds the crop by 3 (mod 4) pixels the crop sits "
-        "one pixel off. `llavarad infer --model <this folder>` uses the original preprocessing exactly.",
+        "With `trust_remote_code=True` the processor is `processing_llavarad.py` in this folder: transformers' "
+        "own LLaVA processor and PIL CLIP image processor (shortest side resized with PIL bicubic, centre crop, "
+        "OpenAI-CLIP mean/std), the crop offset rounded half to even as torchvision's crop in the released "
+        "preprocessing does. Stock transformers, `AutoProcessor.from_pretrained(folder, backend=\"pil\")`, "
+        "rounds it down: on images whose resized long side exceeds the crop by 3 (mod 4) pixels its crop sits "
+        "one pixel over; the default torchvision backend also resizes differently (a grey level or two). "
+        "`llavarad infer --model <this folder>` uses the original preprocessing exactly.",
         "",
         "The chat template renders the Vicuna v1 prompt; the `<image>` token is expanded to one position per "
         "image patch. Greedy decoding with 256 new tokens is the paper's evaluation setting.",

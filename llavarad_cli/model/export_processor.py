@@ -22,6 +22,8 @@ from llavarad_cli.prompts import (FINDINGS_PROMPT, FINDINGS_PROMPT_WITH_REASON, 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 PIL_BICUBIC = 3
+#: The opt-in processor module copied into the export (transformers' ``auto_map``).
+REMOTE_PROCESSOR_FILE = "processing_llavarad.py"
 
 #: Reasons the tokenisation self-check renders (none, short, runs of spaces and newlines, non-ASCII).
 PROBE_REASONS = (None, "", "shortness of breath", "Chest pain.  Evaluate for pneumonia.",
@@ -141,6 +143,13 @@ def write_processor(out: Path, image_size: int, patch_size: int, template: str) 
                                num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
                                chat_template=chat_template(template))
     processor.save_pretrained(str(out))
+    # Opt-in exact crop rounding (see processing_llavarad.py); without trust_remote_code the stock class loads.
+    source = Path(__file__).with_name(REMOTE_PROCESSOR_FILE)
+    (Path(out) / REMOTE_PROCESSOR_FILE).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    config_path = Path(out) / "processor_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["auto_map"] = {"AutoProcessor": f"{REMOTE_PROCESSOR_FILE[:-3]}.LlavaRadProcessor"}
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def expand_image(ids: list[int], image_token_id: int, n_image_tokens: int) -> list[int]:
@@ -159,7 +168,7 @@ def check_tokenisation(out: Path, original_tokenizer, prompt_of, image_token_id:
     """The exported processor's prompt and ids equal llavarad's for every probe reason (else nothing is kept)."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(str(out))
+    processor = AutoProcessor.from_pretrained(str(out), trust_remote_code=True)
     for reason in PROBE_REASONS:
         query = user_turn(reason)
         expected_prompt = prompt_of(query)
