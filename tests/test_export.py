@@ -124,6 +124,13 @@ def test_transformers_alone_reproduces_llavarad(which, sources, exports, images)
     assert n_image == (testing.TINY_IMAGE_SIZE // 14) ** 2
     for name, image in images.items():
         pixels = predictor.pixel_values(image)
+        with torch.no_grad():
+            # The tiny tower's layer scale is 1e-5 (DINOv2's init), so a wrong feature layer barely moves the
+            # greedy text: compare the projected features themselves.
+            features = hf.model.get_image_features(
+                pixel_values=pixels[None], vision_feature_layer=hf.config.vision_feature_layer,
+                vision_feature_select_strategy=hf.config.vision_feature_select_strategy).pooler_output[0]
+            assert float((features - ours.encode_images(pixels[None])[0]).abs().max()) <= 1e-6, name
         for reason in REASONS:
             query = user_turn(reason)
             prompt = processor.apply_chat_template(probe_messages(reason), add_generation_prompt=True)
@@ -131,11 +138,59 @@ def test_transformers_alone_reproduces_llavarad(which, sources, exports, images)
             inputs = processor(images=image, text=prompt, return_tensors="pt")
             assert float((inputs["pixel_values"][0] - pixels).abs().max()) <= 1e-6, name
             assert inputs["input_ids"][0].tolist() == expand_image(predictor.prompt_ids(query), image_id, n_image)
+            with torch.no_grad():
+                logits = hf(**inputs).logits[0, -1]
+                own = ours(input_ids=torch.tensor([predictor.prompt_ids(query)]), pixel_values=pixels[None]).logits[0, -1]
+            assert float((logits[:image_id] - own).abs().max()) <= 1e-5
             out = hf.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
             theirs = out[0, inputs["input_ids"].shape[1]:].tolist()
             assert theirs == _llavarad_ids(ours, predictor, query, pixels), (name, reason)
             text = processor.decode(theirs, skip_special_tokens=True).strip()
             assert text == predictor.predict([query], pixels[None])[0]
+
+
+@pytest.fixture(scope="module")
+def strong_tower(tmp_path_factory):
+    """A tiny native checkpoint whose tower's layer scales are O(1), not DINOv2's 1e-5 init: every block then
+    changes the features, so a wrong feature layer, norm or layer-scale mapping shows."""
+    from llavarad_cli.model.checkpoint import save_native_checkpoint
+
+    root = tmp_path_factory.mktemp("strong-tower")
+    model, tokenizer = testing.tiny_lora_model()
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for block in model.vision_tower.trunk.blocks:
+            for scale in (block.ls1.gamma, block.ls2.gamma):
+                scale.copy_(torch.rand(scale.shape, generator=generator) + 0.5)
+    base = testing.write_tiny_lm(root / "base")
+    save_native_checkpoint(root / "model", model, base=str(base))
+    return root / "model", export_model(str(root / "model"), root / "export", dtype="fp32").out
+
+
+def test_strong_tower_features_and_logits(strong_tower, images):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    src, out = strong_tower
+    ours, tokenizer = load_model(str(src), device="cpu", dtype="fp32")
+    predictor = Predictor(ours, tokenizer, GenerationSettings(max_new_tokens=NEW_TOKENS))
+    hf = AutoModelForImageTextToText.from_pretrained(str(out))
+    processor = AutoProcessor.from_pretrained(str(out), trust_remote_code=True)
+    for name in ("rgb8", "portrait"):
+        pixels = predictor.pixel_values(images[name])
+        with torch.no_grad():
+            own_features = ours.encode_images(pixels[None])[0]
+            features = hf.model.get_image_features(
+                pixel_values=pixels[None], vision_feature_layer=hf.config.vision_feature_layer,
+                vision_feature_select_strategy=hf.config.vision_feature_select_strategy).pooler_output[0]
+        assert float((features - own_features).abs().max()) <= 1e-5 * float(own_features.abs().max())
+        query = user_turn(REASONS[1])
+        inputs = processor(images=images[name], text=predictor.prompt(query), return_tensors="pt")
+        with torch.no_grad():
+            logits = hf(**inputs).logits[0, -1, :hf.config.image_token_id]
+            own = ours(input_ids=torch.tensor([predictor.prompt_ids(query)]), pixel_values=pixels[None]).logits[0, -1]
+        assert float((logits - own).abs().max()) <= 1e-4
+        out_ids = hf.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        assert out_ids.tolist() == _llavarad_ids(ours, predictor, query, pixels)
 
 
 def test_batched_transformers_generate_with_padding(exports, images):
