@@ -375,3 +375,74 @@ def test_stream_writer_holds_one_produced_tensor_at_a_time(tmp_path):
     assert all(torch.equal(loaded[k], values[k].to(torch.bfloat16)) for k in values)
     index = json.loads((tmp_path / files[-1]).read_text())
     assert sorted(index["weight_map"]) == sorted(values)
+
+
+# -- a SentencePiece base (Vicuna's kind): the export's tokenizer.json encodes like sentencepiece ---------------
+
+WHITESPACE_REASONS = ("No pneumothorax.  Heart normal.", "   leading and trailing   ", "a\n\nb \n c\t d  ",
+                      "fièvre 38°C, µg ½ 鬱 🧬", "FINDINGS: \n \n Cardiac size")
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_export(tmp_path_factory):
+    """A tiny LM with the real 32000-row vocabulary of a LLaMA-style SentencePiece model (the one the
+    tokenisation tests use, from the mistral-common wheel), saved with that tokenizer, and its export."""
+    mistral_common = pytest.importorskip("mistral_common")
+    import shutil
+
+    from transformers import LlamaForCausalLM
+
+    from llavarad_cli.model.checkpoint import save_native_checkpoint
+    from llavarad_cli.model.loading import load_tokenizer
+    from llavarad_cli.model.sp_tokenizer import SentencePieceTokenizer
+
+    sp_model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    if not sp_model.is_file():
+        pytest.skip("mistral-common has no tokenizer.model.v1")
+    root = tmp_path_factory.mktemp("sentencepiece")
+    (root / "tok").mkdir()
+    shutil.copy(sp_model, root / "tok" / "tokenizer.model")
+    (root / "tok" / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+         "add_bos_token": True, "add_eos_token": False, "legacy": False, "clean_up_tokenization_spaces": False}))
+    tokenizer = load_tokenizer(str(root / "tok"))
+    assert isinstance(tokenizer, SentencePieceTokenizer)
+    model, _, _ = testing.tiny_llavarad_model()
+    torch.manual_seed(5)
+    model.lm = LlamaForCausalLM(testing.tiny_llama_config(vocab_size=32000)).eval()
+    save_native_checkpoint(root / "model", model, lm_weights="full", tokenizer=tokenizer)
+    return root / "model", export_model(str(root / "model"), root / "export", dtype="fp32").out
+
+
+def test_sentencepiece_base_export_matches_llavarad(sentencepiece_export, images):
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    src, out = sentencepiece_export
+    ours, tokenizer = load_model(str(src), device="cpu", dtype="fp32")
+    predictor = Predictor(ours, tokenizer, GenerationSettings(max_new_tokens=NEW_TOKENS))
+    hf = AutoModelForImageTextToText.from_pretrained(str(out))
+    processor = AutoProcessor.from_pretrained(str(out), trust_remote_code=True)
+    image_id = hf.config.image_token_id
+    assert image_id == 32000
+    pixels = predictor.pixel_values(images["gray8"])
+    for reason in REASONS + WHITESPACE_REASONS:
+        query = user_turn(reason)
+        prompt = processor.apply_chat_template(probe_messages(reason), add_generation_prompt=True)
+        inputs = processor(images=images["gray8"], text=prompt, return_tensors="pt")
+        assert inputs["input_ids"][0].tolist() == expand_image(predictor.prompt_ids(query), image_id,
+                                                               ours.num_image_tokens), reason
+        theirs = hf.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        assert theirs.tolist() == _llavarad_ids(ours, predictor, query, pixels), reason
+        assert processor.decode(theirs, skip_special_tokens=True).strip() == predictor.predict([query], pixels[None])[0]
+    # The text part alone, on whitespace-heavy and byte-fallback strings: sentencepiece's ids and text.
+    exported = Tokenizer.from_file(str(out / "tokenizer.json"))
+    for text in WHITESPACE_REASONS + ("  ", "\t", "x  \n\n  y", "\x01 ǅ\u2028"):
+        assert exported.encode(text).ids == tokenizer(text).input_ids, text
+        ids = tokenizer(text).input_ids
+        assert exported.decode(ids, skip_special_tokens=True) == tokenizer.decode(ids, skip_special_tokens=True)
+    # `infer --model OUT` tokenises with the same sentencepiece files again.
+    again, again_tok = load_model(str(out), device="cpu", dtype="fp32")
+    assert type(again_tok) is type(tokenizer)
+    assert Predictor(again, again_tok, GenerationSettings(NEW_TOKENS)).predict(
+        [user_turn(WHITESPACE_REASONS[0])], pixels[None]) == predictor.predict([user_turn(WHITESPACE_REASONS[0])], pixels[None])

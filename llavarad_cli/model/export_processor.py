@@ -87,9 +87,16 @@ def image_processor_config(image_size: int) -> dict[str, Any]:
             "do_convert_rgb": True}
 
 
+#: Where an export keeps the SentencePiece files llavarad itself tokenises with (for `infer --model OUT`).
+SENTENCEPIECE_DIR = "llavarad_tokenizer"
+
+
 def write_tokenizer(tokenizer, out: Path, image_token_id: int) -> None:
     """Save ``tokenizer`` with ``<image>`` as a special token of id ``image_token_id`` and every piece between
     added tokens getting its own prefix space; left padding, for batched generation."""
+    if hasattr(tokenizer, "sp") and hasattr(tokenizer, "model_file"):
+        _write_sentencepiece_tokenizer(tokenizer, Path(out), image_token_id)
+        return
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise UserError(f"tokenizer {type(tokenizer).__name__} has no `tokenizer.json` form; cannot be exported")
     tokenizer.save_pretrained(str(out))
@@ -122,6 +129,29 @@ def write_tokenizer(tokenizer, out: Path, image_token_id: int) -> None:
     config["extra_special_tokens"] = {**(config.get("extra_special_tokens") or {}), "image_token": IMAGE_TOKEN}
     config["padding_side"] = "left"
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_sentencepiece_tokenizer(tokenizer, out: Path, image_token_id: int) -> None:
+    from llavarad_cli.model.export_sp import sentencepiece_tokenizer_json
+
+    if tokenizer.add_eos_token or not tokenizer.add_bos_token:
+        raise UserError("cannot export a SentencePiece tokenizer that adds EOS or no BOS")
+    added = {content: index for content, (index, _special) in tokenizer._added.items()}
+    if IMAGE_TOKEN in added:
+        raise UserError(f"the tokenizer already has a `{IMAGE_TOKEN}` token; cannot add the image token")
+    added[IMAGE_TOKEN] = image_token_id
+    data = sentencepiece_tokenizer_json(Path(tokenizer.model_file), tokenizer.bos_token, added)
+    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+    decoder = {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+               for t in data["added_tokens"]}
+    config = {"backend": "tokenizers", "tokenizer_class": "TokenizersBackend", "bos_token": tokenizer.bos_token,
+              "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token, "pad_token": tokenizer.pad_token,
+              "clean_up_tokenization_spaces": bool(tokenizer.clean_up_tokenization_spaces),
+              "model_max_length": tokenizer.model_max_length or 4096, "padding_side": "left",
+              "added_tokens_decoder": decoder, "extra_special_tokens": {"image_token": IMAGE_TOKEN}}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+    tokenizer.save_pretrained(out / SENTENCEPIECE_DIR)
 
 
 def _prefix_every_piece(pre_tokenizer: dict | None) -> None:

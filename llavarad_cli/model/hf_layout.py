@@ -102,7 +102,7 @@ def load_exported(model: str, device: torch.device, dtype: torch.dtype, attn_imp
     from transformers import LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
-    from llavarad_cli.model.export_processor import chat_template
+    from llavarad_cli.model.export_processor import SENTENCEPIECE_DIR, chat_template
     from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
     from llavarad_cli.model.loading import load_tokenizer
 
@@ -127,4 +127,6 @@ def load_exported(model: str, device: torch.device, dtype: torch.dtype, attn_imp
                                   select_layer=select_layer, vision_config_name=tower.name, template=template,
                                   extra={"source": str(model), "layout": "exported"})
     result = LlavaRadModel(lm, tower, projector, llava_config).eval()
-    return result, load_tokenizer(str(root))
+    # A SentencePiece base's own files, kept by the export: llavarad tokenises with sentencepiece itself.
+    sentencepiece = root / SENTENCEPIECE_DIR
+    return result, load_tokenizer(str(sentencepiece if sentencepiece.is_dir() else root))
