@@ -190,9 +190,10 @@ def export(
     from llavarad_cli.model.export import export_model
 
     result = export_model(model, out, model_base, dtype, overwrite, trust_pickle,
-                          status=lambda message: err_console.print(escape(message), style="dim"))
-    console.print(f"wrote {escape(str(result.out))}: {result.parameters:,} parameters, image token id "
-                  f"{result.image_token_id} x {result.num_image_tokens} positions, files {escape(', '.join(result.files))}")
+                          status=lambda message: err_console.print(safe(message), style="dim", highlight=False))
+    console.print(f"wrote {safe(str(result.out))}: {result.parameters:,} parameters, image token id "
+                  f"{result.image_token_id} x {result.num_image_tokens} positions, files {safe(', '.join(result.files))}",
+                  highlight=False)
 
 
 @app.command("merge-chunks")

@@ -446,3 +446,12 @@ def test_sentencepiece_base_export_matches_llavarad(sentencepiece_export, images
     assert type(again_tok) is type(tokenizer)
     assert Predictor(again, again_tok, GenerationSettings(NEW_TOKENS)).predict(
         [user_turn(WHITESPACE_REASONS[0])], pixels[None]) == predictor.predict([user_turn(WHITESPACE_REASONS[0])], pixels[None])
+
+
+def test_export_refuses_to_replace_its_own_source(sources):
+    src, base = sources["released"]
+    with pytest.raises(UserError, match="would replace the model being exported"):
+        export_model(str(src), src, base, overwrite=True)
+    with pytest.raises(UserError, match="would replace the model being exported"):
+        export_model(str(src), src.parent, base, overwrite=True)
+    assert (src / "config.json").is_file()

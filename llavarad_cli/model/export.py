@@ -128,7 +128,7 @@ def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
 
 
-def _generation_config(tokenizer, image_token_id: int, dtype: str):
+def _generation_config(tokenizer, image_token_id: int):
     from transformers import GenerationConfig
 
     from llavarad_cli.infer.generate import GenerationSettings
@@ -169,6 +169,9 @@ def export_model(model: str, out: Path, model_base: str | None = None, dtype: st
         raise UserError(f"unknown --dtype `{dtype}`", hint=f"use one of {', '.join(DTYPE_CHOICES)}")
     out = Path(out).expanduser()
     check_out_dir(out, overwrite)
+    source = Path(str(model)).expanduser()
+    if source.exists() and (out.resolve() == source.resolve() or out.resolve() in source.resolve().parents):
+        raise UserError(f"{out}: would replace the model being exported", hint="choose another OUT")
     status(f"loading {model}")
     # Loaded straight in the export dtype on CPU: the tensors written are then views of the loaded weights.
     loaded, tokenizer = load_model(model, model_base, device="cpu", dtype=dtype, attn_implementation="eager",
@@ -193,14 +196,14 @@ def export_model(model: str, out: Path, model_base: str | None = None, dtype: st
         check_tokenisation(staging, tokenizer, predictor.prompt, image_token_id, loaded.num_image_tokens)
         config.dtype = torch_dtype
         config.save_pretrained(str(staging))
-        _generation_config(tokenizer, image_token_id, dtype).save_pretrained(str(staging))
+        _generation_config(tokenizer, image_token_id).save_pretrained(str(staging))
         status(f"writing {sum(p.nbytes for p in plan) / 2**20:,.1f} MiB of weights")
         files = write_weights(staging, plan, max_shard_bytes or MAX_SHARD_BYTES)
         parameters = sum(p.nbytes // torch.empty((), dtype=p.dtype).element_size() for p in plan)
-        source = {"model": str(model), "model_base": model_base, "layout": loaded.config.extra.get("layout"),
+        provenance = {"model": str(model), "model_base": model_base, "layout": loaded.config.extra.get("layout"),
                   "dtype": dtype, "projector_type": loaded.config.projector_type, "template": template,
                   "vision_tower": loaded.config.vision_config_name, "llavarad_version": __version__}
-        (staging / "README.md").write_text(model_card(source, parameters), encoding="utf-8")
+        (staging / "README.md").write_text(model_card(provenance, parameters), encoding="utf-8")
         del loaded
         _move_into_place(staging, out)
     except BaseException:

@@ -70,8 +70,16 @@ def _root(model: str) -> Path:
     if is_local(model):
         return Path(model).expanduser()
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return Path(snapshot_download(str(model)))
+    from llavarad_cli.model.weights import cache_dir
+
+    try:
+        return Path(snapshot_download(str(model)))
+    except (LocalEntryNotFoundError, HfHubHTTPError) as exc:
+        raise UserError(f"exported model {model}: could not be fetched whole from the hub or found complete in the "
+                        f"local cache ({cache_dir()}): {str(exc).strip().splitlines()[0][:160]}",
+                        hint="download it once online, or pass a local folder") from None
 
 
 def _causal_lm(llava) -> nn.Module:
