@@ -27,7 +27,7 @@ import json, sys, torch
 from pathlib import Path
 from transformers import LlamaConfig, LlamaForCausalLM
 from llavarad_cli import testing
-from llavarad_cli.model.checkpoint import save_native_checkpoint
+from llavarad_cli.model.native import save_native_checkpoint
 from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
 from llavarad_cli.model.projector import build_projector
 from llavarad_cli.model.vision import build_vision_tower
@@ -60,7 +60,7 @@ def peak_mib():
 mode, source, out = sys.argv[1], sys.argv[2], sys.argv[3]
 import torch, transformers, timm, open_clip, peft  # what every mode imports
 if mode == "load":
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
     model, _ = load_model(source, device="cpu", dtype="fp16")
 elif mode == "export":
     from llavarad_cli.model.export import export_model

@@ -17,8 +17,8 @@ from llavarad_cli.console import safe
 from llavarad_cli.errors import UserError
 from llavarad_cli.evaluate.options import EvalOptions
 from llavarad_cli.infer.settings import DEFAULT_BATCH_SIZE, GenerationSettings, ModelChoice
-from llavarad_cli.model.shapes import RELEASED_BASE
 from llavarad_cli.model import export as export_defaults
+from llavarad_cli.model.shapes import RELEASED_BASE
 
 app = App(
     name="llavarad",

@@ -19,8 +19,9 @@ from PIL import Image
 from llavarad_cli import testing
 from llavarad_cli.data.images import load_image
 from llavarad_cli.errors import UserError
-from llavarad_cli.infer.generate import GenerationSettings, Predictor
-from llavarad_cli.model.checkpoint import load_model
+from llavarad_cli.infer.generate import Predictor
+from llavarad_cli.infer.settings import GenerationSettings
+from llavarad_cli.model.loading import load_model
 from llavarad_cli.model.export import export_model
 from llavarad_cli.model.export_processor import expand_image, probe_messages
 from llavarad_cli.prompts import user_turn
@@ -153,7 +154,7 @@ def test_transformers_alone_reproduces_llavarad(which, sources, exports, images)
 def strong_tower(tmp_path_factory):
     """A tiny native checkpoint whose tower's layer scales are O(1), not DINOv2's 1e-5 init: every block then
     changes the features, so a wrong feature layer, norm or layer-scale mapping shows."""
-    from llavarad_cli.model.checkpoint import save_native_checkpoint
+    from llavarad_cli.model.native import save_native_checkpoint
 
     root = tmp_path_factory.mktemp("strong-tower")
     model, tokenizer = testing.tiny_lora_model()
@@ -212,7 +213,7 @@ def test_batched_transformers_generate_with_padding(exports, images):
 
 def test_round_trip_infer_on_exported_folder(sources, exports, images):
     """`llavarad infer --model OUT` loads the export and writes the original's findings."""
-    from llavarad_cli.model.checkpoint import detect_layout
+    from llavarad_cli.model.loading import detect_layout
 
     src, base = sources["finetune"]
     assert detect_layout(str(exports["finetune"])) == "exported"
@@ -290,7 +291,7 @@ def test_cli_refuses_non_empty_out_without_overwrite(sources, tmp_path):
 
 
 def test_linear_projector_is_a_one_line_error(tmp_path):
-    from llavarad_cli.model.checkpoint import save_native_checkpoint
+    from llavarad_cli.model.native import save_native_checkpoint
 
     model, _, _ = testing.tiny_llavarad_model(projector_type="linear")
     base = testing.write_tiny_lm(tmp_path / "base")
@@ -392,7 +393,7 @@ def sentencepiece_export(tmp_path_factory):
 
     from transformers import LlamaForCausalLM
 
-    from llavarad_cli.model.checkpoint import save_native_checkpoint
+    from llavarad_cli.model.native import save_native_checkpoint
     from llavarad_cli.model.loading import load_tokenizer
     from llavarad_cli.model.sp_tokenizer import SentencePieceTokenizer
 

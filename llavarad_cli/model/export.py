@@ -131,7 +131,7 @@ def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
 def _generation_config(tokenizer, image_token_id: int):
     from transformers import GenerationConfig
 
-    from llavarad_cli.infer.generate import GenerationSettings
+    from llavarad_cli.infer.settings import GenerationSettings
 
     settings = GenerationSettings()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
@@ -160,7 +160,7 @@ def export_model(model: str, out: Path, model_base: str | None = None, dtype: st
     from llavarad_cli import __version__
     from llavarad_cli.export_card import model_card
     from llavarad_cli.infer.generate import Predictor
-    from llavarad_cli.model.checkpoint import load_model
+    from llavarad_cli.model.loading import load_model
     from llavarad_cli.model.export_processor import check_tokenisation, write_processor, write_tokenizer
     from llavarad_cli.model.export_weights import (MAX_SHARD_BYTES, check_plan, plan_lm, plan_projector,
                                                    plan_vision, write_weights)
