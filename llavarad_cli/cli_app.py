@@ -18,7 +18,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from llavarad_cli.console import safe, visible
-from llavarad_cli.errors import UserError, os_error_line
+from llavarad_cli.errors import UserError, WorkerFailed, os_error_line
 
 try:  # Typer 0.2x ships its own copy of click
     from typer._click.exceptions import ClickException
@@ -34,13 +34,16 @@ def print_error(text: str) -> None:
 
 
 def user_errors(fn):
-    """Turn a UserError into one red line on stderr and its exit code; anything else keeps its traceback."""
+    """Turn a UserError into one red line on stderr and its exit code; anything else keeps its traceback.
+
+    A crashed training worker (WorkerFailed) is one line too, exit code 1: its traceback is the worker's, already
+    printed and saved beside the run, and the parent's own would only show the launcher returning."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as exc:
+        except (UserError, WorkerFailed) as exc:
             print_error(exc.one_line())
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # a full disk, a read-only folder, a file where a folder must be: not a bug

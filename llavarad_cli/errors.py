@@ -1,7 +1,8 @@
-"""The one error type for user mistakes.
+"""The one error type for user mistakes, and the one for a training worker that crashed.
 
 The CLI prints a ``UserError`` as a single red line (plus its hint) and exits with code 2. Anything else is a
-bug and keeps its traceback.
+bug and keeps its traceback; a bug inside a training worker has already printed its traceback in that worker
+(and saved it beside the run), so the parent reports it as a :class:`WorkerFailed` line and exits with code 1.
 """
 
 from __future__ import annotations
@@ -18,14 +19,36 @@ class UserError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        """Message and hint on one line, with control characters from input (file names, column names, ids)
-        shown as escapes; before splitting, since str.split() would take some of them for whitespace."""
-        from llavarad_cli.console import visible
+        return one_line(self.message, self.hint)
 
-        text = " ".join(visible(self.message).split())
-        if self.hint:
-            text += f" (hint: {' '.join(visible(self.hint).split())})"
-        return text
+
+class WorkerFailed(Exception):
+    """A training worker crashed or was killed: not the user's mistake, and not a bug of the parent process.
+
+    Deliberately not a ``UserError``: code that catches user mistakes must not swallow a crash. The message
+    names the rank and the error and says where the worker's traceback is.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        return one_line(self.message, self.hint)
+
+
+def one_line(message: str, hint: str | None = None) -> str:
+    """Message and hint on one line, with control characters from input (file names, column names, ids)
+    shown as escapes; before splitting, since str.split() would take some of them for whitespace."""
+    from llavarad_cli.console import visible
+
+    text = " ".join(visible(message).split())
+    if hint:
+        text += f" (hint: {' '.join(visible(hint).split())})"
+    return text
 
 
 
