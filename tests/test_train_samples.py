@@ -98,20 +98,39 @@ def test_v1_supervises_only_the_answer_and_eos_and_matches_the_reference_masking
     assert sample.input_ids.count(IMAGE_TOKEN_INDEX) == 1
 
 
+class _WordTokenizer:
+    """A deterministic toy tokenizer: BOS, then one id per whitespace-separated word (ids handed out in order of
+    first sight, per instance), ``</s>`` as the EOS id. With ``merge_assistant`` it joins ``ASSISTANT:`` and the
+    word after it into one piece, as a BPE merge can join the prompt's last token with the answer's first."""
+
+    bos_token_id, eos_token_id = 1, 2
+
+    def __init__(self, merge_assistant: bool, eos_piece: str = "</s>"):
+        self.merge_assistant, self.eos_piece, self.vocab = merge_assistant, eos_piece, {}
+
+    def __call__(self, text):
+        from types import SimpleNamespace
+
+        text = text.replace("</s>", " </s>")
+        if self.merge_assistant:
+            text = text.replace("ASSISTANT: ", "ASSISTANT:")
+        ids = [self.bos_token_id] + [self.eos_token_id if w == self.eos_piece else self.vocab.setdefault(w, len(self.vocab) + 3)
+                                     for w in text.split()]
+        return SimpleNamespace(input_ids=ids)
+
+
 def test_v1_mask_mismatch_is_reported_not_zeroed():
-    class Merging:
-        bos_token_id, eos_token_id = 1, 2
-
-        def __call__(self, text):
-            class Out:
-                pass
-            out = Out()
-            # A toy tokenizer whose pieces depend on the next chunk: "ASSISTANT:" alone vs followed by text.
-            out.input_ids = [1] + [hash(w) % 1000 + 3 for w in text.replace(": ", ":").split()]
-            return out
-
-    result = build_v1("<image>\nq", "answer", Merging())
-    assert isinstance(result, SampleProblem) and result.reason == "mask_mismatch"
+    # Without the merge the toy gives a clean sample: the answer's two words and EOS supervised.
+    clean = build_v1("<image>\nq", "no effusion", _WordTokenizer(merge_assistant=False))
+    assert isinstance(clean, Sample) and len(_supervised(clean.input_ids, clean.labels)) == 3
+    # With it, the sample no longer starts with the prompt's ids: reported (a two-word answer, so that a sample
+    # would still come out if the prefix were not compared, with EOS in place so the EOS check cannot catch it).
+    merged = build_v1("<image>\nq", "no effusion", _WordTokenizer(merge_assistant=True))
+    assert isinstance(merged, SampleProblem) and merged.reason == "mask_mismatch"
+    assert "merge" in merged.detail
+    # A tokenizer that does not read `</s>` as its EOS token is the other mismatch.
+    no_eos = build_v1("<image>\nq", "no effusion", _WordTokenizer(merge_assistant=False, eos_piece="<eos>"))
+    assert isinstance(no_eos, SampleProblem) and no_eos.reason == "mask_mismatch" and "EOS" in no_eos.detail
 
 
 def test_bad_records_become_counted_problems(tiny_tokenizer):
