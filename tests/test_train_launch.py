@@ -126,13 +126,33 @@ def test_a_worker_that_fails_even_before_its_spec_loads_is_reported_with_rank_an
     assert (run_dir / ".errors" / "rank3-traceback.txt").read_text().startswith("Traceback")
 
 
+def test_the_worker_runs_the_deepspeed_config_the_parent_wrote(tmp_path, assets, monkeypatch):
+    from llavarad_cli.train import worker
+    from llavarad_cli.train.run import DS_CONFIG, RESOLVED_SPEC, plan_run, write_run_files
+
+    _, spec = _spec(tmp_path, assets)
+    out = write_run_files(plan_run(spec, num_workers=1))
+    written = json.loads((out / DS_CONFIG).read_text())
+    written["gradient_clipping"] = 0.25  # a value the spec does not give: only the file has it
+    (out / DS_CONFIG).write_text(json.dumps(written))
+    seen = []
+    monkeypatch.setattr(worker, "run", lambda spec, ds_config, merge=False: seen.append(ds_config))
+    assert worker.main(["--spec", str(out / RESOLVED_SPEC)]) == 0
+    assert seen == [written]
+    # The batch shape comes from that file too, checked against the ranks that really started.
+    assert worker._batch_shape(written, 1) == (1, 2)
+    with pytest.raises(UserError, match="but 2 workers started"):
+        worker._batch_shape(written, 2)
+
+
 def test_failures_name_the_rank_and_the_error(tmp_path):
     errors = tmp_path / ".errors"
     errors.mkdir()
     (errors / "rank1.json").write_text(json.dumps({"rank": 1, "kind": "crash", "message": "RuntimeError: boom",
                                                    "traceback_file": "/t/rank1-traceback.txt"}))
     exc = launcher.failure(tmp_path, 1, world_size=2)
-    assert isinstance(exc, launcher.WorkerFailed) and exc.exit_code == 1
+    # A crash is not a user mistake: code catching UserError must not swallow it.
+    assert isinstance(exc, launcher.WorkerFailed) and not isinstance(exc, UserError) and exc.exit_code == 1
     assert "rank 1 failed: RuntimeError: boom" in exc.one_line() and "/t/rank1-traceback.txt" in exc.one_line()
     # A rank killed outright reports nothing; its peer only sees the broken connection.
     (errors / "rank1.json").unlink()

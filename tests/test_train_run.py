@@ -9,6 +9,7 @@ and resume after a lost checkpoint without paying for subprocesses.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -118,6 +119,9 @@ def test_pretrain_on_two_workers_trains_the_projector_only(pretrained):
 def test_finetune_on_two_workers_loads_in_infer_and_generates(finetuned, assets, pretrained):
     losses = _losses(finetuned)
     assert losses[-1] < losses[0]
+    # Two warm-up steps of six: step 1 ran at rate 0, step 2 at half the peak, step 3 at the peak.
+    lrs = [json.loads(line)["lr"] for line in (finetuned / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[:3] == pytest.approx([0.0, 0.005, 0.01])
     native = json.loads((finetuned / "llavarad.json").read_text())
     assert native["lm_weights"] == "adapter" and native["template"] == "v1"
     adapter_cfg = json.loads((finetuned / "adapter_config.json").read_text())
@@ -176,9 +180,20 @@ def test_killed_worker_is_reported_and_rerun_resumes_to_identical_weights(tmp_pa
     assert _losses(out) == _losses(finetuned)
 
 
+def _run_in_process(spec) -> dict:
+    """What one worker does, in this process (world size 1), from the run files the parent writes.
+
+    Not through worker.main, which leaves the process group at the end (DeepSpeed keeps its groups cached, so a
+    second run in the same process could not start)."""
+    from llavarad_cli.train import worker
+    from llavarad_cli.train.run import RESOLVED_SPEC, plan_run, write_run_files
+
+    out = write_run_files(plan_run(spec, num_workers=1))
+    return worker.run(*worker.read_run_files(out / RESOLVED_SPEC))
+
+
 def test_in_process_run_counts_missing_images_and_resumes_after_a_lost_checkpoint(tmp_path, assets, monkeypatch):
     from llavarad_cli import specs
-    from llavarad_cli.train.worker import Trainer
 
     records = json.loads(Path(assets["records"]).read_text())
     broken = dict(records[0], id="broken", image="no-such-image.png")
@@ -192,17 +207,21 @@ def test_in_process_run_counts_missing_images_and_resumes_after_a_lost_checkpoin
                        "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(key, value)
     spec = specs.load_spec(spec_path, "finetune")
-    first = Trainer(spec).run()
+    first = _run_in_process(spec)
     out = tmp_path / "out"
     assert first["steps"] == 4 and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert first["skipped"]["missing_image"] == 4  # the broken record, read once per epoch
     skipped = [json.loads(line) for line in (out / "logs" / "skipped-rank0.jsonl").read_text().splitlines()]
     assert {s["id"] for s in skipped} == {"broken"}
+    # Each row's learning rate is the one its optimizer step used (cosine from the peak, no warm-up), not the
+    # next step's (which is where the schedule stands after engine.step()).
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
     final = {n: _tensors(out / n) for n in ("adapter_model.safetensors", "projector.safetensors")}
     # Lose the last checkpoint and the outputs: rerunning resumes at step 2 and lands on the same weights.
     shutil.rmtree(out / "checkpoint-4")
     (out / "llavarad.json").unlink()
-    second = Trainer(spec).run()
+    second = _run_in_process(spec)
     assert second["skipped"] == first["skipped"]
     for name, tensors in final.items():
         assert _same(_tensors(out / name), tensors), name

@@ -16,17 +16,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from llavarad_cli.errors import Interrupted, UserError
+from llavarad_cli.errors import Interrupted, UserError, WorkerFailed
 from llavarad_cli.specs import RunSpec
 
 WORKER_MODULE = "llavarad_cli.train.worker"
+#: The files the parent writes into the run folder before starting the workers, which read them from there.
+RESOLVED_SPEC = "resolved_spec.yaml"
+DS_CONFIG = "deepspeed_config.json"
 ERRORS_DIR = ".errors"
-
-
-class WorkerFailed(UserError):
-    """A worker crashed (a bug or a killed process, not a spec mistake): exit code 1, not 2."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -190,7 +187,7 @@ def read_worker_errors(out_dir: Path) -> list[dict]:
 _PEER_LOST = ("connection reset", "connection closed", "broken pipe", "timed out", "nccl", "gloo")
 
 
-def failure(out_dir: Path, returncode: int, world_size: int | None = None) -> UserError:
+def failure(out_dir: Path, returncode: int, world_size: int | None = None) -> UserError | WorkerFailed:
     """The parent's one-line account of a failed run: which rank, what error, where the traceback is."""
     errors = read_worker_errors(out_dir)
     silent = sorted(set(range(world_size or 0)) - {e.get("rank") for e in errors})

@@ -14,8 +14,7 @@ from llavarad_cli.errors import UserError
 from llavarad_cli.specs import RunSpec
 from llavarad_cli.train import launcher
 
-RESOLVED_SPEC = "resolved_spec.yaml"
-DS_CONFIG = "deepspeed_config.json"
+RESOLVED_SPEC, DS_CONFIG = launcher.RESOLVED_SPEC, launcher.DS_CONFIG
 
 
 @dataclass
@@ -82,10 +81,21 @@ def check_records(spec: RunSpec) -> int:
     return len(load_records(spec.data.train_records))
 
 
+def write_run_files(plan: RunPlan) -> Path:
+    """The run folder with the resolved spec and the DeepSpeed config, which every worker reads."""
+    from llavarad_cli.io_utils import atomic_write_json
+    from llavarad_cli.specs import write_resolved_spec
+
+    out = plan.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved_spec(plan.spec, out)
+    atomic_write_json(out / DS_CONFIG, plan.ds_config)
+    return out
+
+
 def launch(plan: RunPlan, console: Console) -> dict:
     """Write the resolved spec and DeepSpeed config, run the workers, return the run summary."""
-    from llavarad_cli.io_utils import atomic_write_json, read_json
-    from llavarad_cli.specs import write_resolved_spec
+    from llavarad_cli.io_utils import read_json
 
     n = check_records(plan.spec)
     if n < plan.spec.train.global_batch_size:
@@ -94,10 +104,7 @@ def launch(plan: RunPlan, console: Console) -> dict:
     if plan.spec.stage == "finetune" and plan.spec.model.pretrained_projector is None:
         console.print("[yellow]warning:[/] model.pretrained_projector is not set: stage 2 starts from a freshly "
                       "initialised projector, not a stage-1 one", highlight=False)
-    out = plan.out
-    out.mkdir(parents=True, exist_ok=True)
-    write_resolved_spec(plan.spec, out)
-    atomic_write_json(out / DS_CONFIG, plan.ds_config)
+    out = write_run_files(plan)
     topo = plan.topology
     console.print(f"{plan.spec.stage}: {n} records, {topo.world_size} "
                   f"{'CPU worker' if topo.cpu else 'GPU'}(s) -> {out}", highlight=False)

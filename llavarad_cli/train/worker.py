@@ -1,9 +1,11 @@
-"""One training rank, started by DeepSpeed's launcher: build model, build data, loop, save.
+"""One training rank, started by DeepSpeed's launcher, as a linear recipe: set up, train, clean up.
 
     python -m llavarad_cli.train.worker --spec OUT/resolved_spec.yaml [--merge]
 
-Any failure is written to ``OUT/.errors/rank<r>.json`` (rank, one-line message, traceback file) so that the
-parent ``llavarad pretrain|finetune`` can report it; the exit code is non-zero.
+The parent wrote ``resolved_spec.yaml`` and ``deepspeed_config.json`` side by side in the run folder; the
+worker runs exactly that spec and that DeepSpeed config (it never derives its own). Any failure is written to
+``OUT/.errors/rank<r>.json`` (rank, one-line message, traceback file) so that the parent
+``llavarad pretrain|finetune`` can report it; the exit code is non-zero.
 """
 
 from __future__ import annotations
@@ -12,252 +14,327 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llavarad_cli import skips
 from llavarad_cli.errors import UserError
 from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
+from llavarad_cli.train import debug_hooks
 
-#: Test hook: ``RANK:STEP`` makes that rank SIGKILL itself right after finishing optimizer step STEP.
-KILL_ENV = "LLAVARAD_DEBUG_KILL_AFTER_STEP"
-SKIP_REASONS = skips.TRAINING
+#: Not a skip: samples kept with their text cut at model_max_length, counted beside the skips.
+TRUNCATED = skips.Skip.TRUNCATED
 
 
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+class SkipTally:
+    """This rank's counts of skipped samples (by reason) and of truncated ones, summed over ranks on demand."""
+
+    def __init__(self, base: dict | None = None):
+        import torch
+
+        base = base or {}
+        # One int64 slot per reason of skips.TRAINING, in that order (the order the counts travel between ranks).
+        self.counts = torch.tensor([int(base.get(r, 0)) for r in skips.TRAINING], dtype=torch.int64)
+        self.truncated = torch.tensor([int(base.get(TRUNCATED, 0))], dtype=torch.int64)
+
+    def add(self, batch: dict, fh) -> None:
+        for item in batch["skipped"]:
+            self.counts[skips.TRAINING.index(item["reason"])] += 1
+            fh.write(json.dumps(item) + "\n")
+        self.truncated += int(batch["truncated"])
+
+    def all_ranks(self, device) -> dict[str, int]:
+        """{reason: count, ..., "truncated": count} over every rank (a collective: all ranks must call it)."""
+        import torch
+        import torch.distributed as dist
+
+        both = torch.cat([self.counts, self.truncated]).to(device)
+        dist.all_reduce(both)
+        values = both.tolist()
+        return {**dict(zip(skips.TRAINING, values[:-1])), TRUNCATED: values[-1]}
+
+
+@dataclass
+class RunState:
+    """What set-up builds for one rank; the training loop and clean-up read it and nothing else."""
+
+    spec: Any                 # the RunSpec being run
+    merge: bool               # finetune --merge: also write a merged copy of the LM
+    out: Path
+    rank: int
+    world: int
+    cpu: bool                 # gloo CPU workers (no CUDA device)
+    model: Any
+    tokenizer: Any
+    engine: Any               # the DeepSpeed engine around `model`
+    dataset: Any              # TrainingRecords
+    plan: Any                 # EpochPlan: which records each optimizer step reads on this rank
+    total: int                # optimizer steps of the whole run
+    start: int                # optimizer steps already done (resumed from a checkpoint)
+    skips: SkipTally
+
+    @property
+    def comm_device(self):
+        """Where tensors for a collective live: gloo reduces CPU tensors, NCCL CUDA ones."""
+        return "cpu" if self.cpu else self.engine.device
+
+
+# --- the recipe ---------------------------------------------------------------------------------------------------
+
+def run(spec, ds_config: dict, merge: bool = False) -> dict:
+    """Set up, train, clean up; return the run summary (rank 0 also writes it to ``train_summary.json``)."""
+    state = set_up(spec, ds_config, merge)
+    train(state)
+    return clean_up(state)
+
+
+def set_up(spec, ds_config: dict, merge: bool = False) -> RunState:
+    """Process group, model, data, optimizer and schedule, DeepSpeed engine; resume from the newest checkpoint."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    from llavarad_cli.train import checkpoint
+    from llavarad_cli.train.build import build_training_model
+    from llavarad_cli.train.dataset import EpochPlan, TrainingRecords, load_records
+    from llavarad_cli.train.samples import text_budget
+
+    cpu = not torch.cuda.is_available()
+    rank, out = _rank(), Path(spec.output.dir)
+    init_distributed(cpu)
+    world = dist.get_world_size()
+    micro, gas = _batch_shape(ds_config, world)
+    torch.manual_seed(spec.train.seed)
+    if rank == 0:
+        checkpoint.remove_partial(out)
+
+    model, tokenizer = build_training_model(spec)
+    budget = text_budget(spec.data.model_max_length, getattr(model.lm.config, "max_position_embeddings", None),
+                         model.num_image_tokens)
+    records = load_records(spec.data.train_records)
+    dataset = TrainingRecords(records, spec.data.image_folder, tokenizer, spec.data.template, budget,
+                              model.image_transform)
+    plan = EpochPlan(len(records), spec.train.seed, world, rank, micro, gas)
+    total = plan.total_steps(spec.train.epochs, spec.train.max_steps)
+    optimizer, scheduler = _optimizer_and_schedule(model, spec, total)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config)
+    state = RunState(spec, merge, out, rank, world, cpu, model, tokenizer, engine, dataset, plan, total, 0,
+                     SkipTally())
+    _resume(state)
+    return state
+
+
+def train(state: RunState) -> None:
+    """The loop: micro-batches until the last optimizer step, logging, checkpointing."""
+    from llavarad_cli.model.loading import pad_token_id
+    from llavarad_cli.train.dataset import count_positions, make_loader
+    from llavarad_cli.train.metrics import MetricsLog
+    from llavarad_cli.train.progress import TrainProgress
+
+    spec, engine, rank = state.spec, state.engine, state.rank
+    kill_after = debug_hooks.kill_step(rank)
+    log = MetricsLog(state.out / "metrics.jsonl", state.start, spec.output.report_to, state.out.name,
+                     {"spec": json.loads(json.dumps(spec.model_dump(mode="json")))}) if rank == 0 else None
+    for warning in (log.warnings if log else []):
+        say(state, f"[yellow]warning:[/] {warning}")
+    loader = make_loader(state.dataset, state.plan, state.start, state.total, spec.data.num_workers,
+                         pad_token_id(state.tokenizer), spec.train.seed)
+    progress = TrainProgress(state.total, state.start, enabled=rank == 0)
+    window = _Window()
+    step, micro = state.start, 0
+    skipped_file = state.out / "logs" / f"skipped-rank{rank}.jsonl"
+    skipped_file.parent.mkdir(parents=True, exist_ok=True)
+    device = engine.device
+    dtype = next(p for p in engine.module.projector.parameters()).dtype
+    engine.train()  # LoRA dropout on; the vision tower stays in eval mode by its own rule
+    with progress, open(skipped_file, "a", encoding="utf-8") as skipped_fh:
+        for batch in loader:
+            state.skips.add(batch, skipped_fh)
+            if "input_ids" in batch:
+                out = engine(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                             labels=batch["labels"].to(device),
+                             pixel_values=batch["pixel_values"].to(device=device, dtype=dtype))
+                loss = out.loss
+                window.add(float(loss.detach()), count_positions(batch, state.model.num_image_tokens))
+            else:
+                # Every image in this micro-batch was unusable: a zero loss over the trainable weights keeps
+                # ZeRO's gradient hooks in step with the other ranks.
+                loss = sum((p * 0).sum() for p in engine.module.parameters() if p.requires_grad)
+            engine.backward(loss)
+            # The rates this optimizer step uses: engine.step() moves the schedule on to the next step's.
+            lrs = engine.get_lr()
+            engine.step()
+            micro += 1
+            if micro % engine.gradient_accumulation_steps():
+                continue
+            step += 1
+            if step % spec.output.logging_steps == 0 or step == state.total:
+                row = _log_row(state, step, window, lrs)
+                window = _Window()
+                if log:
+                    log.log(row)
+                progress.update(step, row)
+            else:
+                progress.update(step, None)
+            if step % spec.output.save_steps == 0 or step == state.total:
+                save_checkpoint(state, step)
+            if kill_after and step == kill_after:
+                debug_hooks.kill_now()
+    if log:
+        log.close()
+
+
+def clean_up(state: RunState) -> dict:
+    """Final weights (rank 0), the loss curve, ``train_summary.json``, the closing lines; leave the group."""
+    import torch.distributed as dist
+
+    from llavarad_cli.train.metrics import loss_curve_title, plot_loss_curve
+    from llavarad_cli.train.outputs import save_final
+
+    spec, out = state.spec, state.out
+    counts = state.skips.all_ranks(state.comm_device)
+    summary = {"stage": spec.stage, "steps": state.total, "world_size": state.world, "skipped": counts}
+    if state.rank == 0:
+        written = save_final(state.model, spec, out, merge=state.merge, tokenizer=state.tokenizer)
+        png = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", loss_curve_title(spec.stage, out))
+        summary["outputs"] = [str(p) for p in written] + ([str(png)] if png else [])
+        atomic_write_json(out / "train_summary.json", summary)
+        skipped = {k: v for k, v in counts.items() if v and k != TRUNCATED}
+        if skipped:
+            detail = ", ".join(f"{k}: {v}" for k, v in skipped.items())
+            say(state, f"[yellow]skipped {sum(skipped.values())} samples[/] ({detail}); ids in {out / 'logs'}")
+        if counts[TRUNCATED]:
+            say(state, f"{counts[TRUNCATED]} samples were truncated to data.model_max_length")
+        say(state, f"[green]done[/]: {spec.stage} wrote {out}")
+    dist.barrier()
+    return summary
+
+
+# --- set-up steps -------------------------------------------------------------------------------------------------
+
 def init_distributed(cpu: bool) -> None:
     import deepspeed
     import torch
 
-    if os.environ.get("LLAVARAD_DS_NO_SHM") == "1":
-        # DeepSpeed 0.19's CPU backend JIT-compiles a shared-memory all-reduce op (~65 s) on first use; gloo
-        # works without it. A private hook, hence opt-in.
-        import importlib
-
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    debug_hooks.skip_deepspeed_shm_op()
     if not cpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
 
 
-class Trainer:
-    """The state of one rank's run; ``run()`` reads top to bottom."""
+def _batch_shape(ds_config: dict, world: int) -> tuple[int, int]:
+    """(micro-batch per rank, gradient accumulation) from the parent's DeepSpeed config, checked against the
+    ranks that actually started (a hostfile can start a different number than the parent planned for)."""
+    micro = int(ds_config["train_micro_batch_size_per_gpu"])
+    gas = int(ds_config["gradient_accumulation_steps"])
+    if int(ds_config["train_batch_size"]) != micro * gas * world:
+        raise UserError(f"the DeepSpeed config was written for a global batch of {ds_config['train_batch_size']} "
+                        f"= {micro} per rank x {gas} accumulation x workers, but {world} workers started",
+                        hint="check launcher.num_gpus / the hostfile, then rerun")
+    return micro, gas
 
-    def __init__(self, spec, merge: bool = False):
-        import torch
 
-        self.spec = spec
-        self.merge = merge
-        self.out = Path(spec.output.dir)
-        self.cpu = not torch.cuda.is_available()
-        self.rank = _rank()
+def _optimizer_and_schedule(model, spec, total: int):
+    """torch AdamW with the projector's own LR group, and the spec's LR schedule with its warm-up."""
+    import torch
+    from transformers import get_scheduler
 
-    # --- building -----------------------------------------------------------------------------------------------
+    from llavarad_cli.train.build import parameter_groups
 
-    def run(self) -> dict:
-        import deepspeed
-        import torch
-        import torch.distributed as dist
+    t = spec.train
+    optimizer = torch.optim.AdamW(parameter_groups(model, spec), lr=t.learning_rate,
+                                  betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay)
+    scheduler = get_scheduler(t.lr_scheduler if t.lr_scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total), num_training_steps=total)
+    return optimizer, scheduler
 
-        from llavarad_cli.train import checkpoint, launcher
-        from llavarad_cli.model.loading import pad_token_id
-        from llavarad_cli.train.build import build_training_model, parameter_groups
-        from llavarad_cli.train.dataset import EpochPlan, TrainingRecords, load_records
-        from llavarad_cli.train.samples import text_budget
 
-        spec = self.spec
-        init_distributed(self.cpu)
-        self.world = dist.get_world_size()
-        torch.manual_seed(spec.train.seed)
-        if self.rank == 0:
-            checkpoint.remove_partial(self.out)
+def _resume(state: RunState) -> None:
+    """Load the newest complete checkpoint, if any: engine, optimizer, schedule, RNG, step and skip counts."""
+    from llavarad_cli.train import checkpoint
 
-        model, tokenizer = build_training_model(spec)
-        self.model, self.tokenizer = model, tokenizer
-        budget = text_budget(spec.data.model_max_length, getattr(model.lm.config, "max_position_embeddings", None),
-                             model.num_image_tokens)
-        records = load_records(spec.data.train_records)
-        dataset = TrainingRecords(records, spec.data.image_folder, tokenizer, spec.data.template, budget,
-                                  model.image_transform)
-        ds_config = launcher.deepspeed_config(spec, self.world)
-        gas = ds_config["gradient_accumulation_steps"]
-        plan = EpochPlan(len(records), spec.train.seed, self.world, self.rank, spec.train.per_device_batch_size, gas)
-        total = plan.total_steps(spec.train.epochs, spec.train.max_steps)
+    latest = checkpoint.latest_checkpoint(state.out)
+    if latest is None:
+        return
+    saved = checkpoint.load(state.engine, latest, state.rank, state.world)
+    state.start = int(saved["global_step"])
+    # The saved counts are already summed over ranks: rank 0 carries them on, the others start from zero.
+    state.skips = SkipTally(saved.get("skipped", {}) if state.rank == 0 else None)
+    say(state, f"resumed from {latest.name} (step {state.start} of {state.total})")
+    changed = changed_settings(saved.get("spec", {}), state.spec)
+    if changed:
+        say(state, f"[yellow]warning:[/] the spec changed since {latest.name}: {', '.join(changed)}")
 
-        t = spec.train
-        optimizer = torch.optim.AdamW(parameter_groups(model, spec), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                      eps=t.adam_epsilon, weight_decay=t.weight_decay)
-        from transformers import get_scheduler
 
-        scheduler = get_scheduler(t.lr_scheduler if t.lr_scheduler != "constant" else "constant_with_warmup",
-                                  optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total),
-                                  num_training_steps=total)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=ds_config)
-        self.engine = engine
+# --- loop steps ---------------------------------------------------------------------------------------------------
 
-        start, base_counts = 0, {}
-        latest = checkpoint.latest_checkpoint(self.out)
-        if latest is not None:
-            state = checkpoint.load(engine, latest, self.rank, self.world)
-            start = int(state["global_step"])
-            base_counts = state.get("skipped", {}) if self.rank == 0 else {}
-            self.say(f"resumed from {latest.name} (step {start} of {total})")
-            changed = changed_settings(state.get("spec", {}), spec)
-            if changed:
-                self.say(f"[yellow]warning:[/] the spec changed since {latest.name}: {', '.join(changed)}")
-        self.counts = torch.zeros(len(SKIP_REASONS) + 1, dtype=torch.float64)
-        for i, reason in enumerate(SKIP_REASONS + (skips.Skip.TRUNCATED,)):
-            self.counts[i] = float(base_counts.get(reason, 0))
+@dataclass
+class _Window:
+    """Loss and throughput since the last logged step (this rank)."""
 
-        self.loop(dataset, plan, start, total, pad_token_id(tokenizer))
-        return self.finish(total)
+    loss_sum: float = 0.0
+    batches: int = 0
+    tokens: int = 0
+    since: float = 0.0
 
-    # --- the loop -----------------------------------------------------------------------------------------------
+    def __post_init__(self):
+        self.since = time.perf_counter()
 
-    def loop(self, dataset, plan, start: int, total: int, pad_id: int) -> None:
-        import torch
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss_sum += loss
+        self.batches += 1
+        self.tokens += tokens
 
-        from llavarad_cli.train.dataset import count_positions, make_loader
-        from llavarad_cli.train.metrics import MetricsLog
-        from llavarad_cli.train.progress import TrainProgress
 
-        spec, engine = self.spec, self.engine
-        kill = _kill_request(self.rank)
-        log = MetricsLog(self.out / "metrics.jsonl", start, spec.output.report_to, self.out.name,
-                         {"spec": json.loads(json.dumps(spec.model_dump(mode="json")))}) if self.rank == 0 else None
-        for warning in (log.warnings if log else []):
-            self.say(f"[yellow]warning:[/] {warning}")
-        loader = make_loader(dataset, plan, start, total, spec.data.num_workers, pad_id, spec.train.seed)
-        progress = TrainProgress(total, start, enabled=self.rank == 0)
-        step, micro, window_loss, window_n, window_tokens = start, 0, 0.0, 0, 0
-        window_start = time.perf_counter()
-        skipped_file = self.out / "logs" / f"skipped-rank{self.rank}.jsonl"
-        skipped_file.parent.mkdir(parents=True, exist_ok=True)
-        device = engine.device
-        dtype = next(p for p in engine.module.projector.parameters()).dtype
-        engine.train()  # LoRA dropout on; the vision tower stays in eval mode by its own rule
-        with progress, open(skipped_file, "a", encoding="utf-8") as skipped_fh:
-            for batch in loader:
-                self._count_skips(batch, skipped_fh)
-                if "input_ids" in batch:
-                    out = engine(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                                 labels=batch["labels"].to(device),
-                                 pixel_values=batch["pixel_values"].to(device=device, dtype=dtype))
-                    loss = out.loss
-                    window_loss += float(loss.detach())
-                    window_n += 1
-                    window_tokens += count_positions(batch, self.model.num_image_tokens)
-                else:
-                    # Every image in this micro-batch was unusable: a zero loss over the trainable weights keeps
-                    # ZeRO's gradient hooks in step with the other ranks.
-                    loss = sum((p * 0).sum() for p in engine.module.parameters() if p.requires_grad)
-                engine.backward(loss)
-                engine.step()
-                micro += 1
-                if micro % engine.gradient_accumulation_steps():
-                    continue
-                step += 1
-                if step % spec.output.logging_steps == 0 or step == total:
-                    row = self._log_row(step, plan, window_loss, window_n, window_tokens, window_start)
-                    window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
-                    if log:
-                        log.log(row)
-                    progress.update(step, row)
-                else:
-                    progress.update(step, None)
-                if step % spec.output.save_steps == 0 or step == total:
-                    self.save(step, plan)
-                if kill and step == kill:
-                    os.kill(os.getpid(), signal.SIGKILL)
-        if log:
-            log.close()
+def _log_row(state: RunState, step: int, window: _Window, lrs: list[float]) -> dict:
+    """One ``metrics.jsonl`` row: the loss and tokens/s over all ranks, the learning rates this step used."""
+    import torch
+    import torch.distributed as dist
 
-    def _count_skips(self, batch: dict, fh) -> None:
-        for item in batch["skipped"]:
-            self.counts[SKIP_REASONS.index(item["reason"])] += 1
-            fh.write(json.dumps(item) + "\n")
-        self.counts[-1] += batch["truncated"]
+    stats = torch.tensor([window.loss_sum, window.batches, window.tokens], dtype=torch.float64)
+    stats = stats.to(state.comm_device)
+    dist.all_reduce(stats)
+    loss_sum, batches, tokens = stats.tolist()
+    elapsed = max(time.perf_counter() - window.since, 1e-9)
+    row = {"step": step, "epoch": round(step / state.plan.steps_per_epoch, 4),
+           "loss": loss_sum / batches if batches else float("nan"), "lr": lrs[-1] if lrs else None,
+           "tokens_per_s": tokens / elapsed, "time": time.time()}
+    if len(lrs) > 1:
+        row["projector_lr"] = lrs[0]
+    return row
 
-    def _log_row(self, step, plan, loss_sum, loss_n, tokens, since) -> dict:
-        import torch
-        import torch.distributed as dist
 
-        stats = torch.tensor([loss_sum, loss_n, tokens], dtype=torch.float64)
-        if not self.cpu:
-            stats = stats.to(self.engine.device)
-        dist.all_reduce(stats)
-        loss_sum, loss_n, tokens = stats.tolist()
-        elapsed = max(time.perf_counter() - since, 1e-9)
-        lrs = self.engine.get_lr()
-        row = {"step": step, "epoch": round(step / plan.steps_per_epoch, 4),
-               "loss": loss_sum / loss_n if loss_n else float("nan"), "lr": lrs[-1] if lrs else None,
-               "tokens_per_s": tokens / elapsed, "time": time.time()}
-        if len(lrs) > 1:
-            row["projector_lr"] = lrs[0]
-        return row
+def save_checkpoint(state: RunState, step: int) -> None:
+    """checkpoint-<step>: engine, RNG, data position and skip counts (a collective: every rank calls it)."""
+    import torch.distributed as dist
 
-    # --- saving -------------------------------------------------------------------------------------------------
+    from llavarad_cli.train import checkpoint
+    from llavarad_cli.train.outputs import save_weights
 
-    def _global_counts(self) -> dict:
-        import torch.distributed as dist
+    plan = state.plan
+    trainer_state = {"global_step": step, "epoch": plan.epoch_of(step), "step_in_epoch": step % plan.steps_per_epoch,
+                     "samples_seen": step * plan.global_batch, "world_size": state.world,
+                     "skipped": state.skips.all_ranks(state.comm_device), "stage": state.spec.stage,
+                     "spec": state.spec.model_dump(mode="json")}
+    checkpoint.save(state.engine, state.out, step, trainer_state, state.rank,
+                    lambda path: save_weights(state.model, state.spec, path, reference_tower=True),
+                    state.spec.output.save_total_limit, dist.barrier)
 
-        counts = self.counts.clone()
-        if not self.cpu:
-            counts = counts.to(self.engine.device)
-        dist.all_reduce(counts)
-        return {reason: int(v) for reason, v in zip(SKIP_REASONS + (skips.Skip.TRUNCATED,), counts.tolist())}
 
-    def save(self, step: int, plan) -> None:
-        import torch.distributed as dist
+def say(state: RunState, text: str) -> None:
+    if state.rank == 0:
+        from rich.console import Console
 
-        from llavarad_cli.train import checkpoint
-        from llavarad_cli.train.outputs import save_weights
-
-        state = {"global_step": step, "epoch": plan.epoch_of(step), "step_in_epoch": step % plan.steps_per_epoch,
-                 "samples_seen": step * plan.global_batch, "world_size": self.world,
-                 "skipped": self._global_counts(), "stage": self.spec.stage,
-                 "spec": self.spec.model_dump(mode="json")}
-        checkpoint.save(self.engine, self.out, step, state, self.rank,
-                        lambda path: save_weights(self.model, self.spec, path, reference_tower=True),
-                        self.spec.output.save_total_limit,
-                        dist.barrier)
-
-    def finish(self, total: int) -> dict:
-        import torch.distributed as dist
-
-        from llavarad_cli.train.metrics import loss_curve_title, plot_loss_curve
-        from llavarad_cli.train.outputs import save_final
-
-        counts = self._global_counts()
-        summary = {"stage": self.spec.stage, "steps": total, "world_size": self.world, "skipped": counts}
-        if self.rank == 0:
-            written = save_final(self.model, self.spec, self.out, merge=self.merge, tokenizer=self.tokenizer)
-            png = plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss_curve.png",
-                                  loss_curve_title(self.spec.stage, self.out))
-            summary["outputs"] = [str(p) for p in written] + ([str(png)] if png else [])
-            atomic_write_json(self.out / "train_summary.json", summary)
-            skipped = sum(v for k, v in counts.items() if k != "truncated")
-            if skipped:
-                detail = ", ".join(f"{k}: {v}" for k, v in counts.items() if v and k != "truncated")
-                self.say(f"[yellow]skipped {skipped} samples[/] ({detail}); ids in {self.out / 'logs'}")
-            if counts["truncated"]:
-                self.say(f"{counts['truncated']} samples were truncated to data.model_max_length")
-            self.say(f"[green]done[/]: {self.spec.stage} wrote {self.out}")
-        dist.barrier()
-        return summary
-
-    def say(self, text: str) -> None:
-        if self.rank == 0:
-            from rich.console import Console
-
-            Console(highlight=False).print(text)
+        Console(highlight=False).print(text)
 
 
 #: Sections whose change between a checkpoint and its resume alters what is trained.
@@ -282,14 +359,7 @@ def changed_settings(saved: dict, spec) -> list[str]:
     return changed
 
 
-def _kill_request(rank: int) -> int | None:
-    value = os.environ.get(KILL_ENV, "")
-    if ":" in value:
-        want_rank, step = value.split(":", 1)
-        if int(want_rank) == rank:
-            return int(step)
-    return None
-
+# --- the process --------------------------------------------------------------------------------------------------
 
 def report_failure(out_dir: Path, exc: BaseException) -> None:
     """Leave the parent a one-line account of this rank's failure, with the traceback beside it."""
@@ -308,9 +378,18 @@ def report_failure(out_dir: Path, exc: BaseException) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def read_run_files(spec_path: Path):
+    """(spec, DeepSpeed config) as the parent wrote them into the run folder."""
     from llavarad_cli import specs
+    from llavarad_cli.io_utils import read_json
+    from llavarad_cli.train.launcher import DS_CONFIG
 
+    data = specs.read_yaml(spec_path)
+    spec = specs.build_spec(data.get("stage", "pretrain"), data, source=str(spec_path))
+    return spec, read_json(Path(spec_path).resolve().parent / DS_CONFIG)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llavarad_cli.train.worker")
     parser.add_argument("--spec", type=Path, required=True, help="resolved_spec.yaml written by the parent")
     parser.add_argument("--merge", action="store_true")
@@ -321,10 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.spec.resolve().parent
     code = 0
     try:
-        data = specs.read_yaml(args.spec)
-        spec = specs.build_spec(data.get("stage", "pretrain"), data, source=str(args.spec))
+        spec, ds_config = read_run_files(args.spec)
         out_dir = spec.output.dir
-        Trainer(spec, merge=args.merge).run()
+        run(spec, ds_config, merge=args.merge)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent, then re-raised
         if isinstance(exc, SystemExit) and not exc.code:
             raise
