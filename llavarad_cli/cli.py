@@ -84,7 +84,7 @@ def prepare(
 # --- training -------------------------------------------------------------------------------------------------
 
 def _train_command(stage: str, spec: Optional[Path], overrides: List[str], dry_run: bool, print_spec: bool,
-                   num_workers: Optional[int], merge: bool = False) -> None:
+                   num_workers: Optional[int], merge: bool = False, trust_pickle: bool = False) -> None:
     from llavarad_cli import specs
 
     if print_spec:
@@ -97,7 +97,7 @@ def _train_command(stage: str, spec: Optional[Path], overrides: List[str], dry_r
     run_spec = specs.load_spec(spec, stage, overrides)
     from llavarad_cli.train.run import launch, plan_run, show_plan
 
-    plan = plan_run(run_spec, num_workers, merge)
+    plan = plan_run(run_spec, num_workers, merge, trust_pickle=trust_pickle)
     if plan.topology.cpu and num_workers is None:
         err_console.print("[yellow]warning:[/] no GPU visible: training on 1 CPU worker (slow)", highlight=False)
     if dry_run:
@@ -115,23 +115,26 @@ SET_OPT = typer.Option([], "--set", help="Override one spec value, e.g. --set tr
 DRY_OPT = typer.Option(False, "--dry-run", help="Validate the spec, print it resolved with the DeepSpeed config, launcher command and memory estimate, then stop.")
 PRINT_OPT = typer.Option(False, "--print-spec", help="Print a complete commented default spec for this stage and exit.")
 WORKERS_OPT = typer.Option(None, "--num-workers", min=1, help="Worker processes on a machine without GPUs (CPU/gloo); default 1.")
+TRUST_PICKLE_TRAIN_OPT = typer.Option(False, "--trust-pickle", help="Allow .bin/.pt files (weights, a checkpoint to resume) that need arbitrary code to unpickle (only for files you trust).")
 
 
 @app.command()
 @user_errors
 def pretrain(spec: Optional[Path] = SPEC_ARG, overrides: List[str] = SET_OPT, dry_run: bool = DRY_OPT,
-             print_spec: bool = PRINT_OPT, num_workers: Optional[int] = WORKERS_OPT):
+             print_spec: bool = PRINT_OPT, num_workers: Optional[int] = WORKERS_OPT,
+             trust_pickle: bool = TRUST_PICKLE_TRAIN_OPT):
     """Stage 1: align the projector (vision tower and LM frozen), on DeepSpeed workers."""
-    _train_command("pretrain", spec, overrides, dry_run, print_spec, num_workers)
+    _train_command("pretrain", spec, overrides, dry_run, print_spec, num_workers, trust_pickle=trust_pickle)
 
 
 @app.command()
 @user_errors
 def finetune(spec: Optional[Path] = SPEC_ARG, overrides: List[str] = SET_OPT, dry_run: bool = DRY_OPT,
              print_spec: bool = PRINT_OPT, num_workers: Optional[int] = WORKERS_OPT,
-             merge: bool = typer.Option(False, "--merge", help="Also write a merged standalone model (safetensors) at the end.")):
+             merge: bool = typer.Option(False, "--merge", help="Also write a merged standalone model (safetensors) at the end."),
+             trust_pickle: bool = TRUST_PICKLE_TRAIN_OPT):
     """Stage 2: LoRA on every linear layer of the LM plus the projector, on DeepSpeed workers."""
-    _train_command("finetune", spec, overrides, dry_run, print_spec, num_workers, merge)
+    _train_command("finetune", spec, overrides, dry_run, print_spec, num_workers, merge, trust_pickle)
 
 
 # --- inference ------------------------------------------------------------------------------------------------

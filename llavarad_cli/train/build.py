@@ -39,7 +39,7 @@ def linear_layer_names(lm) -> list[str]:
     return sorted(names)
 
 
-def build_training_model(spec: RunSpec):
+def build_training_model(spec: RunSpec, trust_pickle: bool = False):
     """(LlavaRadModel with only the stage's trainable parameters requiring grad, tokenizer)."""
     from llavarad_cli.model.loading import DTYPES, load_lm, load_tokenizer, pick_device
     from llavarad_cli.model.vision import build_vision_tower
@@ -48,11 +48,12 @@ def build_training_model(spec: RunSpec):
     tokenizer.padding_side = "right"
     lm = load_lm(spec.model.base, DTYPES[spec.train.precision], pick_device(), spec.model.attn_implementation)
     config_path, checkpoint_path = tower_files(spec)
-    tower = build_vision_tower(config_path, checkpoint_path, select_layer=spec.model.vision_tower.select_layer)
-    return assemble_training_model(lm, tower, spec), tokenizer
+    tower = build_vision_tower(config_path, checkpoint_path, select_layer=spec.model.vision_tower.select_layer,
+                               trust_pickle=trust_pickle)
+    return assemble_training_model(lm, tower, spec, trust_pickle), tokenizer
 
 
-def assemble_training_model(lm, tower, spec: RunSpec):
+def assemble_training_model(lm, tower, spec: RunSpec, trust_pickle: bool = False):
     """Freeze the LM and tower, add the (seeded or stage-1) projector, LoRA on the LM alone, checkpointing."""
     import torch
 
@@ -66,7 +67,7 @@ def assemble_training_model(lm, tower, spec: RunSpec):
     stage1 = spec.model.pretrained_projector
     # A stage-1 projector: our projector.safetensors or the reference's mm_projector.bin (strict either way).
     model = assemble_model(lm, tower, spec.model.projector_type, seed=spec.train.seed,
-                           projector_state=projector_state_from(load_state_file(Path(stage1)), str(stage1))
+                           projector_state=projector_state_from(load_state_file(Path(stage1), trust_pickle), str(stage1))
                            if stage1 is not None else None, projector_origin=str(stage1),
                            dtype=DTYPES[spec.train.precision], template=spec.data.template,
                            vision_config_name=tower.name or "vision_tower")

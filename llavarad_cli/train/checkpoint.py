@@ -12,6 +12,11 @@ Layout of ``OUT/checkpoint-<step>/``::
 Everything is written into ``OUT/.checkpoint-<step>.tmp`` first; rank 0 writes ``COMPLETE`` and then renames
 the folder. A save killed half-way leaves only a ``.tmp`` folder (deleted on the next start) or a folder with
 no marker, which :func:`latest_checkpoint` never picks.
+
+Resuming never runs code from these files: DeepSpeed's own reader unpickles with ``weights_only=False``, so a
+pickle planted in ``checkpoint-N/`` would run. :func:`load` routes every read of the load through
+:func:`read_checkpoint_file`, which accepts tensors, plain data and the few DeepSpeed state classes a ZeRO 0-2
+checkpoint holds, and refuses anything else with one line (unless the user passes ``--trust-pickle``).
 """
 
 from __future__ import annotations
@@ -140,21 +145,63 @@ def save(engine, out_dir: Path, step: int, trainer_state: dict, rank: int, save_
     return final
 
 
-def load(engine, path: Path, rank: int, world_size: int) -> dict:
+def load(engine, path: Path, rank: int, world_size: int, trust_pickle: bool = False) -> dict:
     """Restore engine, optimizer, scheduler and this rank's RNG from a complete checkpoint."""
-    import torch
-
     path = Path(path)
     state = json.loads((path / "trainer_state.json").read_text())
     if state.get("world_size") != world_size:
         raise UserError(f"{path} was written by {state.get('world_size')} workers, this run has {world_size}",
                         hint="resume with the same number of GPUs/workers, or start in a new output.dir")
-    load_path, _ = engine.load_checkpoint(str(path), tag="deepspeed", load_module_strict=False,
-                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+    # DeepSpeed reads every file of its checkpoint through engine.checkpoint_engine.load (model states, ZeRO
+    # partitions, the schedule); an instance attribute puts our reader in front of it for this load only.
+    reader = engine.checkpoint_engine
+    reader.load = lambda file, map_location=None: read_checkpoint_file(file, map_location, trust_pickle)
+    try:
+        load_path, _ = engine.load_checkpoint(str(path), tag="deepspeed", load_module_strict=False,
+                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+    finally:
+        del reader.load
     if load_path is None:
         raise UserError(f"{path}: DeepSpeed could not load this checkpoint", hint="delete it to resume from an older one")
-    set_rng_state(torch.load(path / "rng" / f"rank{rank}.pt", weights_only=True))
+    set_rng_state(read_checkpoint_file(path / "rng" / f"rank{rank}.pt", "cpu", trust_pickle))
     return state
+
+
+def _deepspeed_state_classes() -> list:
+    """The non-tensor classes DeepSpeed's ZeRO 0-2 optimizer puts into its files: plain data holders (the loss
+    scaler's numbers, the ZeRO stage enum, (start, numel) fragment addresses), nothing that runs code."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def read_checkpoint_file(path, map_location=None, trust_pickle: bool = False):
+    """One pickled file of a checkpoint, unpickled with ``weights_only=True`` (tensors, plain data and
+    DeepSpeed's state classes), or refused with one line naming it; ``trust_pickle`` reads it as DeepSpeed would."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if trust_pickle:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_deepspeed_state_classes()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is long and multi-line; the "Unsupported global" line names the offending object.
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
+        raise UserError(f"{path}: refusing to unpickle this checkpoint file: it holds objects beyond tensors and "
+                        f"DeepSpeed's training state" + (f" ({detail[:200]})" if detail else ""),
+                        hint="resume with --trust-pickle only if this checkpoint was written by your own run and "
+                             "nobody else could change it; or delete the checkpoint folder to resume from an "
+                             "older one") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"{path}: not a readable checkpoint file ({message})",
+                        hint="delete the checkpoint folder to resume from an older one") from None
 
 
 def _fsync_dir(path: Path) -> None:
