@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -49,7 +50,9 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, row: dict) -> None:
-        self._fh.write(json.dumps(row) + "\n")
+        # JSON has no NaN/Infinity: a value that is not finite is written as null, so every line stays JSON.
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        self._fh.write(json.dumps(row, allow_nan=False) + "\n")
         self._fh.flush()
         step = row["step"]
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
@@ -97,13 +100,16 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str) -> Path | No
 
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="loss")
+    # A step with no loss (every sample skipped) is a gap in the line.
+    ax.plot(steps, [r["loss"] if r["loss"] is not None else float("nan") for r in rows], color="tab:blue",
+            label="loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (token-mean CE)")
     ax.grid(alpha=0.3)
     if any("lr" in r for r in rows):
         lr_ax = ax.twinx()
-        lr_ax.plot(steps, [r.get("lr", float("nan")) for r in rows], color="tab:orange", alpha=0.6, label="lr")
+        lr_ax.plot(steps, [r["lr"] if r.get("lr") is not None else float("nan") for r in rows], color="tab:orange",
+                   alpha=0.6, label="lr")
         lr_ax.set_ylabel("learning rate")
     ax.set_title(title)
     fig.tight_layout()

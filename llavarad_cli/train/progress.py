@@ -11,8 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 def format_row(row: dict) -> str:
     lr = row.get("lr")
-    return (f"loss {row['loss']:.4f}  lr {lr:.3g}  {row['tokens_per_s']:,.0f} tok/s"
-            if lr is not None else f"loss {row['loss']:.4f}  {row['tokens_per_s']:,.0f} tok/s")
+    # No loss when every sample since the last logged step was skipped.
+    loss = f"loss {row['loss']:.4f}" if row.get("loss") is not None else "loss -"
+    return f"{loss}  lr {lr:.3g}  {row['tokens_per_s']:,.0f} tok/s" if lr is not None else \
+        f"{loss}  {row['tokens_per_s']:,.0f} tok/s"
 
 
 class TrainProgress:
