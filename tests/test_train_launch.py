@@ -4,6 +4,8 @@ checkpoint bookkeeping, metrics, and the `--dry-run` CLI."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -158,13 +160,185 @@ def test_failures_name_the_rank_and_the_error(tmp_path):
     (errors / "rank1.json").unlink()
     (errors / "rank0.json").write_text(json.dumps({"rank": 0, "kind": "crash",
                                                    "message": "RuntimeError: Connection reset by peer"}))
-    assert "rank 1 stopped without reporting" in launcher.failure(tmp_path, 1, world_size=2).one_line()
+    assert "rank 1 was killed without reporting" in launcher.failure(tmp_path, 1, world_size=2).one_line()
     (errors / "rank0.json").unlink()
     assert "killed by SIGKILL" in launcher.failure(tmp_path, -9, world_size=2).one_line()
     (errors / "rank0.json").write_text(json.dumps({"rank": 0, "kind": "user", "message": "bad records",
                                                    "hint": "fix it"}))
     user = launcher.failure(tmp_path, 2, world_size=2)
     assert type(user) is UserError and user.exit_code == 2 and "rank 0: bad records" in user.one_line()
+
+
+def _records(folder: Path, *records: dict) -> None:
+    errors = folder / ".errors"
+    shutil.rmtree(errors, ignore_errors=True)
+    errors.mkdir(parents=True)
+    for record in records:
+        (errors / f"rank{record['rank']}.json").write_text(json.dumps(record))
+
+
+KILLED = 256 - 9  # DeepSpeed's launcher exits with the failed rank's -9, which the shell shows as 247
+PEER_LOST = {"kind": "crash", "message": "RuntimeError: [gloo] Connection closed by peer", "time": 2.0}
+STOPPED = {"kind": "stopped", "message": "stopped by SIGTERM", "time": 2.0}
+
+
+@pytest.mark.parametrize("records, returncode, expected", [
+    # rank 1 SIGKILLed (writes nothing); rank 0 saw its connection break, or was stopped by the launcher first,
+    # or was itself killed by the launcher before it could write anything: rank 1 is named every time.
+    ([dict(PEER_LOST, rank=0)], 1, "worker rank 1 was killed without reporting an error"),
+    ([dict(STOPPED, rank=0)], KILLED, "worker rank 1 was killed by SIGKILL without reporting an error"),
+    ([dict(STOPPED, rank=0), dict(PEER_LOST, rank=2)], KILLED, "worker rank 1 was killed by SIGKILL"),
+    # A real error is the cause whatever the order the others followed in, and whichever rank it was.
+    ([dict(PEER_LOST, rank=0, time=1.0), {"rank": 1, "kind": "crash", "message": "RuntimeError: CUDA out of memory",
+                                          "time": 1.5}], 1, "worker rank 1 failed: RuntimeError: CUDA out of memory"),
+    ([{"rank": 0, "kind": "crash", "message": "ValueError: bad", "time": 3.0}, dict(STOPPED, rank=1, time=1.0)], 1,
+     "worker rank 0 failed: ValueError: bad"),
+    # Two real errors: the one written first.
+    ([{"rank": 0, "kind": "crash", "message": "ValueError: later", "time": 3.0},
+      {"rank": 1, "kind": "crash", "message": "ValueError: first", "time": 1.0}], 1, "worker rank 1 failed: ValueError: first"),
+    # A scheduler stopped them all.
+    ([dict(STOPPED, rank=0), dict(STOPPED, rank=1)], 143, "every training worker was stopped by SIGTERM"),
+])
+def test_the_failed_rank_is_named_whatever_order_the_ranks_died_in(tmp_path, records, returncode, expected):
+    _records(tmp_path, *records)
+    exc = launcher.failure(tmp_path, returncode, world_size=2 if len(records) < 3 else 3)
+    assert isinstance(exc, launcher.WorkerFailed) and expected in exc.one_line()
+
+
+def test_a_rank_stopped_by_sigterm_leaves_a_stopped_record_and_no_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    ready = tmp_path / "ready"
+    code = ("import os, sys, time; from pathlib import Path; os.environ['RANK'] = '1';"
+            "from llavarad_cli.train import worker; worker._stop_quietly_on_sigterm(Path(sys.argv[1]));"
+            "Path(sys.argv[2]).write_text('ok'); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(ready)], stderr=subprocess.PIPE, text=True)
+    try:
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == 128 + signal.SIGTERM and proc.stderr.read() == ""
+    finally:
+        proc.kill()
+    record = json.loads((tmp_path / ".errors" / "rank1.json").read_text())
+    assert record["kind"] == "stopped" and record["message"] == "stopped by SIGTERM"
+
+
+def test_ctrl_c_stops_the_launcher_and_its_children_then_exits_130(tmp_path, assets, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import psutil
+
+    # The interrupt reaches only this process (as `kill -INT <pid>` does): the launcher stand-in and its child
+    # never see it, so run_launcher must stop them itself, then say so in one line (exit 130).
+    ready = tmp_path / "ready"
+    code = ("import subprocess, sys, time; from pathlib import Path;"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+            "Path(sys.argv[1]).write_text(str(child.pid)); time.sleep(600)")
+    main = threading.get_ident()
+
+    def interrupt():
+        while not ready.exists() or not ready.read_text():
+            pass
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    spawned = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(launcher.subprocess, "Popen", lambda *a, **k: spawned.append(real_popen(*a, **k)) or spawned[-1])
+    from llavarad_cli.errors import Interrupted
+
+    with pytest.raises(Interrupted):
+        launcher.run_launcher([sys.executable, "-c", code, str(ready)], dict(os.environ), tmp_path, 1, grace_s=0.2)
+    assert spawned[0].returncode is not None  # the stand-in was stopped and reaped
+    grandchild = int(ready.read_text())
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+
+    # Through the CLI, with Ctrl-C reaching the launcher too (it stops by itself): one line saying how to
+    # resume, and exit code 130 like every other command.
+    class InterruptedLauncher:
+        def __init__(self, *args, **kwargs):
+            self.calls = 0
+
+        def wait(self, timeout=None):
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyboardInterrupt
+            return -2
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", InterruptedLauncher)
+    path, _ = _spec(tmp_path, assets, stage="pretrain")
+    result = runner.invoke(app, ["pretrain", str(path), "--num-workers", "1"])
+    assert result.exit_code == 130 and "rerun the same command to resume" in result.output
+
+
+def test_a_pickle_planted_in_a_checkpoint_is_refused_and_never_runs(tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
+
+    planted = tmp_path / "checkpoint-4" / "deepspeed" / "mp_rank_00_model_states.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"module": {}, "extra": Planted()}, planted)
+    with pytest.raises(UserError) as refused:
+        checkpoint.read_checkpoint_file(planted, "cpu")
+    line = refused.value.one_line()
+    assert str(planted) in line and "refusing to unpickle" in line and "--trust-pickle" in line
+    assert not marker.exists()
+    # The file really is live: with the user's explicit trust it runs (which is what the refusal prevents).
+    checkpoint.read_checkpoint_file(planted, "cpu", trust_pickle=True)
+    assert marker.read_text() == "ran"
+    # Tensors, plain data and DeepSpeed's own state classes load.
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    plain = tmp_path / "optim.pt"
+    torch.save({"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.gradients, "t": torch.ones(2)}, plain)
+    loaded = checkpoint.read_checkpoint_file(plain, "cpu")
+    assert loaded["zero_stage"] == ZeroStageEnum.gradients and loaded["loss_scaler"].cur_scale == 1.0
+    # A truncated file is one line too.
+    plain.write_bytes(plain.read_bytes()[:40])
+    with pytest.raises(UserError, match="not a readable checkpoint file"):
+        checkpoint.read_checkpoint_file(plain, "cpu")
+
+
+def test_training_commands_take_trust_pickle_and_pass_it_to_the_workers(tmp_path, assets):
+    _, spec = _spec(tmp_path, assets)
+    topo = launcher.topology(spec, num_workers=1)
+    assert "--trust-pickle" in launcher.launcher_command(spec, topo, Path("/x/s.yaml"), trust_pickle=True)
+    assert "--trust-pickle" not in launcher.launcher_command(spec, topo, Path("/x/s.yaml"))
+    for stage in ("pretrain", "finetune"):
+        assert "--trust-pickle" in runner.invoke(app, [stage, "--help"]).output
+
+
+def test_metrics_lines_stay_json_when_a_value_is_not_finite(tmp_path):
+    from llavarad_cli.train.metrics import MetricsLog, plot_loss_curve, read_metrics
+    from llavarad_cli.train.progress import format_row
+
+    log = MetricsLog(tmp_path / "metrics.jsonl", 0, [], "run", {})
+    log.log({"step": 1, "loss": 2.0, "lr": 1e-3, "tokens_per_s": 10.0})
+    log.log({"step": 2, "loss": None, "lr": 1e-3, "tokens_per_s": 0.0})  # every sample of the step skipped
+    log.log({"step": 3, "loss": float("nan"), "lr": float("inf"), "tokens_per_s": 0.0})
+    log.close()
+
+    def strict(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=strict) for line in lines]
+    assert [r["loss"] for r in rows] == [2.0, None, None] and rows[2]["lr"] is None
+    assert format_row(rows[1]).startswith("loss -")
+    assert plot_loss_curve(tmp_path / "metrics.jsonl", tmp_path / "loss.png", "t").is_file()
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 3
 
 
 def test_only_complete_checkpoints_are_resumed_and_rotation_keeps_the_newest(tmp_path):

@@ -169,7 +169,9 @@ def test_killed_worker_is_reported_and_rerun_resumes_to_identical_weights(tmp_pa
     spec = _finetune_spec(tmp_path, assets, pretrained / "projector.safetensors")
     killed = _cli("finetune", spec, env={"LLAVARAD_DEBUG_KILL_AFTER_STEP": "1:3"})
     assert killed.exit_code == 1
-    assert "rank 1" in killed.output and "resume" in killed.output
+    # Rank 0 either sees its connection break or is stopped by DeepSpeed's launcher first (which kills the other
+    # ranks once one has died): the SIGKILLed rank is named either way.
+    assert "worker rank 1 was killed" in killed.output and "resume" in killed.output
     out = tmp_path / "out"
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
     assert not (out / "llavarad.json").exists()
@@ -242,3 +244,47 @@ def test_in_process_run_counts_missing_images_and_resumes_after_a_lost_checkpoin
     assert all(torch.equal(v, tower[f"visual.trunk.{k}"]) for k, v in model.vision_tower.trunk.state_dict().items())
     assert _same({k: v.contiguous() for k, v in model.projector.state_dict().items()},
                  _tensors(out / "projector.safetensors"))
+    # Resuming never runs code from a checkpoint file: a pickle planted in the newest one is refused by name.
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
+
+    planted = out / "checkpoint-4" / "deepspeed" / "mp_rank_00_model_states.pt"
+    torch.save({**torch.load(planted, weights_only=True), "extra": Planted()}, planted)
+    from llavarad_cli.errors import UserError
+
+    with pytest.raises(UserError, match="refusing to unpickle") as refused:
+        _run_in_process(spec)
+    assert str(planted) in refused.value.one_line() and "--trust-pickle" in refused.value.one_line()
+    assert not marker.exists()
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_before_any_nan_weights_are_written(tmp_path, assets, monkeypatch):
+    from llavarad_cli import specs
+    from llavarad_cli.errors import UserError
+
+    # A finite but absurd learning rate: step 1 moves the weights to ~1e30, step 2's loss overflows to NaN.
+    spec_path = ts.write_spec(tmp_path / "run.yaml", "finetune", assets, tmp_path / "out",
+                              train={"global_batch_size": 4, "per_device_batch_size": 4, "epochs": 4,
+                                     "learning_rate": 1e30},
+                              output={"save_steps": 1, "save_total_limit": 4})
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match=r"the training loss became nan at step 2 .*no weights written") as stopped:
+        _run_in_process(specs.load_spec(spec_path, "finetune"))
+    assert "checkpoint-1" in stopped.value.one_line() and "learning_rate" in stopped.value.one_line()
+    out = tmp_path / "out"
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-1"] and not (out / "llavarad.json").exists()
+    import torch
+
+    weights = _tensors(out / "checkpoint-1" / "weights" / "projector.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+    def strict(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    rows = [json.loads(line, parse_constant=strict) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1]

@@ -135,7 +135,8 @@ def deepspeed_config(spec: RunSpec, world_size: int) -> dict:
     return cfg
 
 
-def launcher_command(spec: RunSpec, topo: Topology, spec_path: Path, merge: bool = False) -> list[str]:
+def launcher_command(spec: RunSpec, topo: Topology, spec_path: Path, merge: bool = False,
+                     trust_pickle: bool = False) -> list[str]:
     launcher = spec.launcher
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
     if launcher.hostfile is not None and not topo.cpu:
@@ -150,6 +151,8 @@ def launcher_command(spec: RunSpec, topo: Topology, spec_path: Path, merge: bool
     else:
         cmd += ["--num_gpus", str(topo.per_node)]
     cmd += ["--master_port", str(launcher.master_port), "--module", WORKER_MODULE, "--spec", str(spec_path)]
+    if trust_pickle:
+        cmd.append("--trust-pickle")
     if merge:
         cmd.append("--merge")
     return cmd
@@ -187,42 +190,103 @@ def read_worker_errors(out_dir: Path) -> list[dict]:
 _PEER_LOST = ("connection reset", "connection closed", "broken pipe", "timed out", "nccl", "gloo")
 
 
+def _follows_a_peer(error: dict) -> bool:
+    """A rank that stopped because another one had gone: stopped from outside (DeepSpeed's launcher stops every
+    rank once one has failed; a scheduler's SIGTERM), or its collective broke when the peer died."""
+    return error.get("kind") == "stopped" or any(m in str(error.get("message", "")).lower() for m in _PEER_LOST)
+
+
+def _signal_name(returncode: int) -> str | None:
+    """The signal in the launcher's exit code (DeepSpeed exits with the failed rank's -N, which shows as 256-N)."""
+    code = returncode - 256 if returncode > 128 else returncode
+    return signal.Signals(-code).name if code < 0 and -code in signal.valid_signals() else None
+
+
 def failure(out_dir: Path, returncode: int, world_size: int | None = None) -> UserError | WorkerFailed:
-    """The parent's one-line account of a failed run: which rank, what error, where the traceback is."""
+    """The parent's one-line account of a failed run: which rank, what error, where the traceback is.
+
+    Ranks die in no fixed order: the one that failed first may be killed outright (no record), and its peers
+    either see their connection break or are stopped by the launcher, in either order. So the cause is the
+    first rank whose own error is not a consequence of a peer going (oldest record first); failing that, a rank
+    that left no record at all was killed; only then a record of a rank that merely followed a peer.
+    """
     errors = read_worker_errors(out_dir)
     silent = sorted(set(range(world_size or 0)) - {e.get("rank") for e in errors})
     resume = "rerun the same command to resume from the newest complete checkpoint"
-    if errors and silent and all(any(m in e["message"].lower() for m in _PEER_LOST) for e in errors):
-        # A rank was killed (OOM killer, SIGKILL, node loss) and the others only saw the broken connection.
-        return WorkerFailed(f"worker rank {silent[0]} stopped without reporting an error (killed, e.g. out of "
-                            f"memory?); rank {errors[0]['rank']} then lost its connection: "
-                            f"{_short(errors[0]['message'])}", hint=resume)
-    if errors:
-        first = errors[0]
-        others = f" (and {len(errors) - 1} more ranks)" if len(errors) > 1 else ""
+    causes = sorted((e for e in errors if not _follows_a_peer(e)), key=lambda e: (e.get("time", 0), e.get("rank", 0)))
+    if causes:
+        first = causes[0]
+        others = f" (and {len(causes) - 1} more ranks)" if len(causes) > 1 else ""
         where = f"; traceback in {first['traceback_file']}" if first.get("traceback_file") else ""
         if first.get("kind") == "user":
             return UserError(f"worker rank {first['rank']}: {first['message']}{others}", hint=first.get("hint"))
         return WorkerFailed(f"worker rank {first['rank']} failed: {_short(first['message'])}{others}{where}",
                             hint=resume)
-    code = returncode - 256 if returncode > 128 else returncode
-    how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else \
-        f"exit code {returncode}"
-    return WorkerFailed(f"a training worker stopped ({how}) without reporting an error", hint=resume)
+    how = f"killed by {_signal_name(returncode)}" if _signal_name(returncode) else "killed"
+    if silent:
+        # Killed outright (OOM killer, SIGKILL, node loss): nothing reported, the others followed.
+        who = f"worker rank {silent[0]} was" if len(silent) == 1 else \
+            f"worker ranks {', '.join(map(str, silent))} were"
+        then = "; the other ranks stopped after it" if errors else ""
+        return WorkerFailed(f"{who} {how} without reporting an error (out of memory? pre-empted?){then}",
+                            hint=resume)
+    if errors:
+        if all(e.get("kind") == "stopped" for e in errors):
+            return WorkerFailed(f"every training worker was {errors[0]['message']} (pre-empted?)", hint=resume)
+        first = min(errors, key=lambda e: (e.get("time", 0), e.get("rank", 0)))
+        return WorkerFailed(f"worker rank {first['rank']} failed: {_short(first['message'])}", hint=resume)
+    what = how if _signal_name(returncode) else f"exit code {returncode}"
+    return WorkerFailed(f"a training worker stopped ({what}) without reporting an error", hint=resume)
 
 
 def _short(message: str, limit: int = 240) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
-def run_launcher(cmd: list[str], env: dict[str, str], out_dir: Path, world_size: int | None = None) -> None:
-    """Run the DeepSpeed launcher in the foreground; raise the workers' error if it fails."""
+def run_launcher(cmd: list[str], env: dict[str, str], out_dir: Path, world_size: int | None = None,
+                 grace_s: float = 10.0) -> None:
+    """Run the DeepSpeed launcher in the foreground; raise the workers' error if it fails.
+
+    Ctrl-C is one line (``Interrupted``, exit 130 like every other command) once the launcher and its workers
+    are gone.
+    """
     import shutil
 
     shutil.rmtree(Path(out_dir) / ERRORS_DIR, ignore_errors=True)
+    proc = subprocess.Popen(cmd, env=env)
     try:
-        proc = subprocess.run(cmd, env=env, check=False)
+        returncode = proc.wait()
     except KeyboardInterrupt:
+        stop_launcher(proc, grace_s)
         raise Interrupted("interrupted", hint="rerun the same command to resume from the newest checkpoint") from None
-    if proc.returncode != 0:
-        raise failure(out_dir, proc.returncode, world_size)
+    if returncode != 0:
+        raise failure(out_dir, returncode, world_size)
+
+
+def stop_launcher(proc: subprocess.Popen, grace_s: float) -> None:
+    """After Ctrl-C: from a terminal the launcher got SIGINT too and stops its workers itself, so wait for that;
+    if it is still there after ``grace_s`` (the interrupt reached only this process) or a second Ctrl-C comes,
+    SIGTERM the launcher and every process under it, then SIGKILL what is left."""
+    try:
+        proc.wait(timeout=grace_s)
+        return
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for process in tree:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()

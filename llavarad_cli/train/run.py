@@ -30,12 +30,13 @@ class RunPlan:
         return Path(self.spec.output.dir)
 
 
-def plan_run(spec: RunSpec, num_workers: int | None, merge: bool = False, gpu_count: int | None = None) -> RunPlan:
+def plan_run(spec: RunSpec, num_workers: int | None, merge: bool = False, gpu_count: int | None = None,
+             trust_pickle: bool = False) -> RunPlan:
     check_stage(spec)
     topo = launcher.topology(spec, num_workers, gpu_count)
     ds_config = launcher.deepspeed_config(spec, topo.world_size)
     spec_path = Path(spec.output.dir) / RESOLVED_SPEC
-    cmd = launcher.launcher_command(spec, topo, spec_path, merge)
+    cmd = launcher.launcher_command(spec, topo, spec_path, merge, trust_pickle)
     return RunPlan(spec, topo, ds_config, cmd, launcher.worker_env(topo))
 
 

@@ -1,11 +1,13 @@
 """One training rank, started by DeepSpeed's launcher, as a linear recipe: set up, train, clean up.
 
-    python -m llavarad_cli.train.worker --spec OUT/resolved_spec.yaml [--merge]
+    python -m llavarad_cli.train.worker --spec OUT/resolved_spec.yaml [--merge] [--trust-pickle]
 
 The parent wrote ``resolved_spec.yaml`` and ``deepspeed_config.json`` side by side in the run folder; the
 worker runs exactly that spec and that DeepSpeed config (it never derives its own). Any failure is written to
-``OUT/.errors/rank<r>.json`` (rank, one-line message, traceback file) so that the parent
-``llavarad pretrain|finetune`` can report it; the exit code is non-zero.
+``OUT/.errors/rank<r>.json`` (rank, kind, one-line message, traceback file, time) so that the parent
+``llavarad pretrain|finetune`` can report it; the exit code is non-zero. A rank stopped by SIGTERM or Ctrl-C
+(DeepSpeed's launcher stops every rank once one has failed) writes a record of kind ``stopped``, so that the
+parent can tell the rank that failed first from those stopped after it; a rank killed outright writes nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -68,6 +71,7 @@ class RunState:
 
     spec: Any                 # the RunSpec being run
     merge: bool               # finetune --merge: also write a merged copy of the LM
+    trust_pickle: bool        # --trust-pickle: weights and checkpoint files may need code to unpickle
     out: Path
     rank: int
     world: int
@@ -89,14 +93,14 @@ class RunState:
 
 # --- the recipe ---------------------------------------------------------------------------------------------------
 
-def run(spec, ds_config: dict, merge: bool = False) -> dict:
+def run(spec, ds_config: dict, merge: bool = False, trust_pickle: bool = False) -> dict:
     """Set up, train, clean up; return the run summary (rank 0 also writes it to ``train_summary.json``)."""
-    state = set_up(spec, ds_config, merge)
+    state = set_up(spec, ds_config, merge, trust_pickle)
     train(state)
     return clean_up(state)
 
 
-def set_up(spec, ds_config: dict, merge: bool = False) -> RunState:
+def set_up(spec, ds_config: dict, merge: bool = False, trust_pickle: bool = False) -> RunState:
     """Process group, model, data, optimizer and schedule, DeepSpeed engine; resume from the newest checkpoint."""
     import deepspeed
     import torch
@@ -116,7 +120,7 @@ def set_up(spec, ds_config: dict, merge: bool = False) -> RunState:
     if rank == 0:
         checkpoint.remove_partial(out)
 
-    model, tokenizer = build_training_model(spec)
+    model, tokenizer = build_training_model(spec, trust_pickle=trust_pickle)
     budget = text_budget(spec.data.model_max_length, getattr(model.lm.config, "max_position_embeddings", None),
                          model.num_image_tokens)
     records = load_records(spec.data.train_records)
@@ -127,8 +131,8 @@ def set_up(spec, ds_config: dict, merge: bool = False) -> RunState:
     optimizer, scheduler = _optimizer_and_schedule(model, spec, total)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
-    state = RunState(spec, merge, out, rank, world, cpu, model, tokenizer, engine, dataset, plan, total, 0,
-                     SkipTally())
+    state = RunState(spec, merge, trust_pickle, out, rank, world, cpu, model, tokenizer, engine, dataset, plan,
+                     total, 0, SkipTally())
     _resume(state)
     return state
 
@@ -164,11 +168,15 @@ def train(state: RunState) -> None:
                              labels=batch["labels"].to(device),
                              pixel_values=batch["pixel_values"].to(device=device, dtype=dtype))
                 loss = out.loss
-                window.add(float(loss.detach()), count_positions(batch, state.model.num_image_tokens))
+                value = float(loss.detach())
+                if math.isfinite(value):
+                    window.add(value, count_positions(batch, state.model.num_image_tokens))
             else:
                 # Every image in this micro-batch was unusable: a zero loss over the trainable weights keeps
                 # ZeRO's gradient hooks in step with the other ranks.
                 loss = sum((p * 0).sum() for p in engine.module.parameters() if p.requires_grad)
+                value = 0.0
+            _stop_unless_finite(state, value, step + 1)
             engine.backward(loss)
             # The rates this optimizer step uses: engine.step() moves the schedule on to the next step's.
             lrs = engine.get_lr()
@@ -201,6 +209,7 @@ def clean_up(state: RunState) -> dict:
     from llavarad_cli.train.outputs import save_final
 
     spec, out = state.spec, state.out
+    _stop_unless_weights_finite(state, state.total)
     counts = state.skips.all_ranks(state.comm_device)
     summary = {"stage": spec.stage, "steps": state.total, "world_size": state.world, "skipped": counts}
     if state.rank == 0:
@@ -265,7 +274,7 @@ def _resume(state: RunState) -> None:
     latest = checkpoint.latest_checkpoint(state.out)
     if latest is None:
         return
-    saved = checkpoint.load(state.engine, latest, state.rank, state.world)
+    saved = checkpoint.load(state.engine, latest, state.rank, state.world, state.trust_pickle)
     state.start = int(saved["global_step"])
     # The saved counts are already summed over ranks: rank 0 carries them on, the others start from zero.
     state.skips = SkipTally(saved.get("skipped", {}) if state.rank == 0 else None)
@@ -295,6 +304,39 @@ class _Window:
         self.tokens += tokens
 
 
+def _stop_unless_finite(state: RunState, loss: float, step: int) -> None:
+    """Stop every rank, before the optimizer applies it, when any rank's loss is inf or NaN (a collective: the
+    ranks must agree, or the healthy ones would wait for the stopped one in their next all-reduce)."""
+    import torch
+    import torch.distributed as dist
+
+    bad = torch.tensor([0 if math.isfinite(loss) else 1], dtype=torch.int64).to(state.comm_device)
+    dist.all_reduce(bad)
+    if bad.item():
+        from llavarad_cli.train import checkpoint
+
+        latest = checkpoint.latest_checkpoint(state.out)
+        resume = f"the newest checkpoint, {latest.name}, holds finite weights" if latest else "no checkpoint yet"
+        raise UserError(f"the training loss became {'nan/inf' if math.isfinite(loss) else loss} at step {step} "
+                        f"(on {bad.item()} of {state.world} ranks): stopped before applying it, no weights written "
+                        f"from this step ({resume})",
+                        hint="lower train.learning_rate (or train.max_grad_norm); with precision fp16 try bf16")
+
+
+def _stop_unless_weights_finite(state: RunState, step: int) -> None:
+    """Never save inf/NaN weights (a finite loss can still come with an overflowing update)."""
+    import torch
+    import torch.distributed as dist
+
+    bad = [n for n, p in state.engine.module.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    flag = torch.tensor([len(bad)], dtype=torch.int64).to(state.comm_device)
+    dist.all_reduce(flag)  # ranks hold the same weights; agreeing anyway keeps every rank on the same path
+    if flag.item():
+        raise UserError(f"the trained weights became inf/NaN by step {step} ({', '.join(bad[:3]) or 'on a peer rank'}"
+                        f"{' …' if len(bad) > 3 else ''}): stopped without saving them",
+                        hint="lower train.learning_rate (or train.max_grad_norm); with precision fp16 try bf16")
+
+
 def _log_row(state: RunState, step: int, window: _Window, lrs: list[float]) -> dict:
     """One ``metrics.jsonl`` row: the loss and tokens/s over all ranks, the learning rates this step used."""
     import torch
@@ -306,7 +348,8 @@ def _log_row(state: RunState, step: int, window: _Window, lrs: list[float]) -> d
     loss_sum, batches, tokens = stats.tolist()
     elapsed = max(time.perf_counter() - window.since, 1e-9)
     row = {"step": step, "epoch": round(step / state.plan.steps_per_epoch, 4),
-           "loss": loss_sum / batches if batches else float("nan"), "lr": lrs[-1] if lrs else None,
+           # null (not NaN, which is not JSON) when every sample of the window was skipped
+           "loss": loss_sum / batches if batches else None, "lr": lrs[-1] if lrs else None,
            "tokens_per_s": tokens / elapsed, "time": time.time()}
     if len(lrs) > 1:
         row["projector_lr"] = lrs[0]
@@ -320,6 +363,7 @@ def save_checkpoint(state: RunState, step: int) -> None:
     from llavarad_cli.train import checkpoint
     from llavarad_cli.train.outputs import save_weights
 
+    _stop_unless_weights_finite(state, step)
     plan = state.plan
     trainer_state = {"global_step": step, "epoch": plan.epoch_of(step), "step_in_epoch": step % plan.steps_per_epoch,
                      "samples_seen": step * plan.global_batch, "world_size": state.world,
@@ -373,9 +417,36 @@ def report_failure(out_dir: Path, exc: BaseException) -> None:
         message = exc.message if user else f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         atomic_write_json(errors / f"rank{rank}.json", {
             "rank": rank, "kind": "user" if user else "crash", "message": message,
-            "hint": getattr(exc, "hint", None), "traceback_file": str(tb_file)})
+            "hint": getattr(exc, "hint", None), "traceback_file": str(tb_file), "time": time.time()})
     except OSError:
         pass
+
+
+def report_stopped(out_dir: Path, signum: int) -> None:
+    """Record that this rank was stopped from outside (SIGTERM from the launcher or a scheduler, Ctrl-C), unless
+    it already reported an error of its own, which says more."""
+    rank = _rank()
+    record = Path(out_dir) / ".errors" / f"rank{rank}.json"
+    try:
+        if not record.exists():
+            record.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(record, {"rank": rank, "kind": "stopped", "message": f"stopped by {signal.Signals(signum).name}",
+                                       "time": time.time()})
+    except OSError:
+        pass
+
+
+def _stop_quietly_on_sigterm(out_dir: Path):
+    """SIGTERM: leave the stopped record and exit at once (Python's default would exit without a word). Forked
+    DataLoader workers inherit the handler; only the rank's own process writes. Returns the previous handler."""
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() == pid:
+            report_stopped(out_dir, signum)
+        os._exit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def read_run_files(spec_path: Path):
@@ -393,16 +464,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llavarad_cli.train.worker")
     parser.add_argument("--spec", type=Path, required=True, help="resolved_spec.yaml written by the parent")
     parser.add_argument("--merge", action="store_true")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickled files that need code to load")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the DeepSpeed launcher")
     args = parser.parse_args(argv)
     # The parent wrote the spec into the run directory; errors go there even when the spec does not load here
     # (on another node a path the parent validated may not exist).
     out_dir = args.spec.resolve().parent
+    previous_sigterm = _stop_quietly_on_sigterm(out_dir)
     code = 0
     try:
         spec, ds_config = read_run_files(args.spec)
         out_dir = spec.output.dir
-        run(spec, ds_config, merge=args.merge)
+        run(spec, ds_config, merge=args.merge, trust_pickle=args.trust_pickle)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches every process of the terminal: the parent says what happened, once.
+        report_stopped(out_dir, signal.SIGINT)
+        code = 130
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent, then re-raised
         if isinstance(exc, SystemExit) and not exc.code:
             raise
@@ -418,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                 dist.destroy_process_group()
     if code:
         os._exit(code)  # skip atexit hooks that would wait on peers of a broken process group
+    signal.signal(signal.SIGTERM, previous_sigterm)  # main() called in-process (tests) leaves no handler behind
     return code
 
 
