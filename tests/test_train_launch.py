@@ -138,7 +138,7 @@ def test_the_worker_runs_the_deepspeed_config_the_parent_wrote(tmp_path, assets,
     written["gradient_clipping"] = 0.25  # a value the spec does not give: only the file has it
     (out / DS_CONFIG).write_text(json.dumps(written))
     seen = []
-    monkeypatch.setattr(worker, "run", lambda spec, ds_config, merge=False: seen.append(ds_config))
+    monkeypatch.setattr(worker, "run", lambda spec, ds_config, **options: seen.append(ds_config))
     assert worker.main(["--spec", str(out / RESOLVED_SPEC)]) == 0
     assert seen == [written]
     # The batch shape comes from that file too, checked against the ranks that really started.

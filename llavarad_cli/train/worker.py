@@ -471,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     # (on another node a path the parent validated may not exist).
     out_dir = args.spec.resolve().parent
     previous_sigterm = _stop_quietly_on_sigterm(out_dir)
+    import torch.distributed as dist
+
+    # Only a process group this call started is left at the end (main() called in-process by tests may find one).
+    group_before = dist.is_available() and dist.is_initialized()
     code = 0
     try:
         spec, ds_config = read_run_files(args.spec)
@@ -488,9 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         code = 2 if isinstance(exc, UserError) else 1
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized() and not group_before:
             if code == 0:
                 dist.destroy_process_group()
     if code:
