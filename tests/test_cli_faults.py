@@ -216,10 +216,17 @@ def test_escape_in_findings_and_table_titles(tmp_path):
 def test_ctrl_c_during_training_is_one_line_exit_130(tmp_path, monkeypatch):
     from llavarad_cli.train import launcher
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    class InterruptedLauncher:  # Ctrl-C arrives while the parent waits; the launcher then ends by itself
+        def __init__(self, *args, **kwargs):
+            self.waits = 0
 
-    monkeypatch.setattr(launcher.subprocess, "run", interrupted)
+        def wait(self, timeout=None):
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt
+            return -2
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", InterruptedLauncher)
     spec = _spec(tmp_path, "")
     _one_record(tmp_path)
     result = runner.invoke(app, ["pretrain", str(spec), *ONE_BATCH])
