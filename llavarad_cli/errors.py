@@ -23,7 +23,8 @@ class UserError(Exception):
 
 
 class WorkerFailed(Exception):
-    """A training worker crashed or was killed: not the user's mistake, and not a bug of the parent process.
+    """A worker process (a training rank, a `prepare` image worker) crashed or was killed: not the user's
+    mistake, and not a bug of the parent process.
 
     Deliberately not a ``UserError``: code that catches user mistakes must not swallow a crash. The message
     names the rank and the error and says where the worker's traceback is.

@@ -401,7 +401,7 @@ def test_a_killed_image_worker_is_one_line_and_the_rerun_finishes(tmp_path, monk
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a fault of the machine, not a mistake in the input
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith("error: an image worker process died") and "run the same command again" in lines[-1]
     assert "Traceback" not in result.output

@@ -239,7 +239,7 @@ def test_a_killed_worker_ends_the_run_with_one_clear_error_instead_of_hanging(tm
     import signal
 
     from llavarad_cli.data import resize
-    from llavarad_cli.errors import UserError
+    from llavarad_cli.errors import WorkerFailed
 
     jobs = []
     for number in range(40):
@@ -255,7 +255,7 @@ def test_a_killed_worker_ends_the_run_with_one_clear_error_instead_of_hanging(tm
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(120)
     try:
-        with pytest.raises(UserError) as err:
+        with pytest.raises(WorkerFailed) as err:
             list(run_jobs(jobs, workers=2))
     finally:
         signal.alarm(0)

@@ -27,7 +27,7 @@ from typing import Iterator
 from PIL import Image, UnidentifiedImageError
 
 from llavarad_cli.data.images import ImageProblem, confine, is_dicom, read_dicom
-from llavarad_cli.errors import UserError
+from llavarad_cli.errors import WorkerFailed
 from llavarad_cli.io_utils import atomic_write_bytes
 
 JPEG_QUALITY = 95
@@ -262,7 +262,7 @@ def run_jobs(jobs: list[ImageJob], workers: int) -> Iterator[ImageResult]:
                 yield from future.result()
             pending.update(executor.submit(run_chunk, chunk) for chunk in itertools.islice(chunks, len(done)))
     except BrokenProcessPool:
-        raise UserError("an image worker process died (killed by the out-of-memory killer or a signal); "
+        raise WorkerFailed("an image worker process died (killed by the out-of-memory killer or a signal); "
                         "nothing was written but the image copies already finished",
                         hint="run the same command again to continue (finished copies are reused); "
                              "fewer --workers need less memory") from None
