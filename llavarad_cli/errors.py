@@ -1,34 +1,16 @@
-"""The one error type for user mistakes, and the one for a training worker that crashed.
+"""The one error type for user mistakes, and the one for a worker process that crashed or was killed.
 
 The CLI prints a ``UserError`` as a single red line (plus its hint) and exits with code 2. Anything else is a
 bug and keeps its traceback; a bug inside a training worker has already printed its traceback in that worker
-(and saved it beside the run), so the parent reports it as a :class:`WorkerFailed` line and exits with code 1.
+(and saved it beside the run), so the parent reports it as a :class:`WorkerFailed` line and exits with code 1;
+a killed `prepare` image worker is reported the same way.
 """
 
 from __future__ import annotations
 
 
-class UserError(Exception):
-    """A mistake the user can fix: a bad path, a bad input file, a bad spec, a missing weight file."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def one_line(self) -> str:
-        return one_line(self.message, self.hint)
-
-
-class WorkerFailed(Exception):
-    """A worker process (a training rank, a `prepare` image worker) crashed or was killed: not the user's
-    mistake, and not a bug of the parent process.
-
-    Deliberately not a ``UserError``: code that catches user mistakes must not swallow a crash. The message
-    names the rank and the error and says where the worker's traceback is.
-    """
+class _OneLineError(Exception):
+    """An error the CLI shows as one line (message and hint) with its own exit code, without a traceback."""
 
     exit_code = 1
 
@@ -39,6 +21,23 @@ class WorkerFailed(Exception):
 
     def one_line(self) -> str:
         return one_line(self.message, self.hint)
+
+
+class UserError(_OneLineError):
+    """A mistake the user can fix: a bad path, a bad input file, a bad spec, a missing weight file."""
+
+    exit_code = 2
+
+
+class WorkerFailed(_OneLineError):
+    """A worker process (a training rank, a `prepare` image worker) crashed or was killed: not the user's
+    mistake, and not a bug of the parent process.
+
+    Deliberately not a ``UserError``: code that catches user mistakes must not swallow a crash. The message
+    names the rank and the error and says where the worker's traceback is.
+    """
+
+    exit_code = 1
 
 
 def one_line(message: str, hint: str | None = None) -> str:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.model.weights import model_folder
 
 EXPORT_CHAT_TEMPLATE = "chat_template.jinja"
 
@@ -64,22 +65,6 @@ class Dinov2Tower(nn.Module):
         return hidden[self.select_layer][:, self.num_prefix_tokens:]
 
 
-def _root(model: str) -> Path:
-    from llavarad_cli.model.weights import is_local
-
-    if is_local(model):
-        return Path(model).expanduser()
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    from llavarad_cli.model.weights import cache_dir
-
-    try:
-        return Path(snapshot_download(str(model)))
-    except (LocalEntryNotFoundError, HfHubHTTPError) as exc:
-        raise UserError(f"exported model {model}: could not be fetched whole from the hub or found complete in the "
-                        f"local cache ({cache_dir()}): {str(exc).strip().splitlines()[0][:160]}",
-                        hint="download it once online, or pass a local folder") from None
 
 
 def _causal_lm(llava) -> nn.Module:
@@ -114,7 +99,7 @@ def load_exported(model: str, device: torch.device, dtype: torch.dtype, attn_imp
     from llavarad_cli.model.llavarad import LlavaRadConfig, LlavaRadModel
     from llavarad_cli.model.loading import load_tokenizer
 
-    root = _root(model)
+    root = model_folder(model, "exported model")
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     vision = config["vision_config"]
     if vision.get("model_type") != "dinov2" or config.get("vision_feature_select_strategy") != "default" \

@@ -30,7 +30,7 @@ from llavarad_cli.model.loading import NATIVE_CONFIG, load_lm, load_tokenizer
 from llavarad_cli.model.lora import merge_lora
 from llavarad_cli.model.projector import PROJECTOR_TYPES, projector_depth, projector_state_from
 from llavarad_cli.model.vision import build_vision_tower
-from llavarad_cli.model.weights import (cache_dir, check_name, confine, config_value, is_local, load_state_file,
+from llavarad_cli.model.weights import (check_name, confine, config_value, load_state_file, model_folder,
                                         read_json_object, resolve_file)
 
 NATIVE_FORMAT = "llavarad-checkpoint"
@@ -169,24 +169,11 @@ def read_native_config(path: Path) -> dict[str, Any]:
     }
 
 
-def _native_root(model: str) -> Path:
-    """A local folder as is; a hub repo fetched whole (it is small except for an optional full LM)."""
-    if is_local(model):
-        return Path(model).expanduser()
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(str(model)))
-    except (LocalEntryNotFoundError, HfHubHTTPError) as exc:
-        raise UserError(f"llavarad checkpoint {model}: could not be fetched whole from the hub or found complete in "
-                        f"the local cache ({cache_dir()}): {str(exc).strip().splitlines()[0][:160]}",
-                        hint="download it once online, or pass a local folder") from None
 
 
 def load_native(model: str, model_base: str | None, device: torch.device, dtype: torch.dtype,
                 attn_implementation: str = "sdpa", trust_pickle: bool = False):
-    root = _native_root(model)
+    root = model_folder(model, "llavarad checkpoint")
     config_path = root / NATIVE_CONFIG
     config = read_native_config(config_path)
     lm_weights = config["lm_weights"]

@@ -269,3 +269,19 @@ def config_value(config: dict[str, Any], key: str, kind: type | tuple[type, ...]
         raise UserError(f"{origin}: `{key}` must be {'an' if names[0] in 'aeiou' else 'a'} {names}"
                         f"{' (' + what + ')' if what else ''}, not {_shown(value)}")
     return value
+
+
+def model_folder(model: str, what: str) -> Path:
+    """A local folder as is; a hub repo fetched whole (a llavarad checkpoint or an export: every file of it is
+    needed). ``what`` names the kind of model in the error line."""
+    if is_local(model):
+        return Path(model).expanduser()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(model)))
+    except (LocalEntryNotFoundError, HfHubHTTPError) as exc:
+        raise UserError(f"{what} {model}: could not be fetched whole from the hub or found complete in the local "
+                        f"cache ({cache_dir()}): {str(exc).strip().splitlines()[0][:160]}",
+                        hint="download it once online, or pass a local folder") from None
