@@ -15,7 +15,7 @@ import _train_setup as ts
 from llavarad_cli import specs
 from llavarad_cli.cli import app
 from llavarad_cli.errors import UserError
-from llavarad_cli.train import checkpoint, launcher
+from llavarad_cli.train import checkpoint, launcher, rank_reports
 
 runner = CliRunner()
 
@@ -122,7 +122,7 @@ def test_a_worker_that_fails_even_before_its_spec_loads_is_reported_with_rank_an
     try:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     except RuntimeError as exc:
-        worker.report_failure(run_dir, exc)
+        rank_reports.report_failure(run_dir, exc)
     crash = launcher.failure(run_dir, 1, world_size=4)
     assert crash.exit_code == 1 and "rank 3 failed: RuntimeError: CUDA out of memory" in crash.one_line()
     assert (run_dir / ".errors" / "rank3-traceback.txt").read_text().startswith("Traceback")
@@ -212,7 +212,7 @@ def test_a_rank_stopped_by_sigterm_leaves_a_stopped_record_and_no_traceback(tmp_
 
     ready = tmp_path / "ready"
     code = ("import os, sys, time; from pathlib import Path; os.environ['RANK'] = '1';"
-            "from llavarad_cli.train import worker; worker._stop_quietly_on_sigterm(Path(sys.argv[1]));"
+            "from llavarad_cli.train import rank_reports; rank_reports.stop_quietly_on_sigterm(Path(sys.argv[1]));"
             "Path(sys.argv[2]).write_text('ok'); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(ready)], stderr=subprocess.PIPE, text=True)
     try:
@@ -471,7 +471,7 @@ def test_example_specs_are_complete_and_hold_the_paper_recipe(tmp_path, assets, 
 
 
 def test_a_changed_spec_is_named_on_resume(tmp_path, assets):
-    from llavarad_cli.train.worker import changed_settings
+    from llavarad_cli.train.checkpoint import changed_settings
 
     _, spec = _spec(tmp_path, assets)
     saved = spec.model_dump(mode="json")

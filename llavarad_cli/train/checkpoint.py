@@ -215,3 +215,25 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+#: Sections whose change between a checkpoint and its resume alters what is trained.
+_TRAINING_SECTIONS = ("model", "data", "train", "lora")
+
+
+def changed_settings(saved: dict, spec) -> list[str]:
+    """Dotted keys of training settings that differ from those the checkpoint was written with."""
+    now = spec.model_dump(mode="json")
+    changed = []
+
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        elif a != b:
+            changed.append(prefix)
+
+    for section in _TRAINING_SECTIONS:
+        if section in saved:
+            walk(saved[section], now.get(section), section)
+    return changed

@@ -26,8 +26,8 @@ from typing import Any
 
 from llavarad_cli import skips
 from llavarad_cli.errors import UserError
-from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
-from llavarad_cli.train import debug_hooks
+from llavarad_cli.io_utils import atomic_write_json
+from llavarad_cli.train import debug_hooks, rank_reports
 
 #: Not a skip: samples kept with their text cut at model_max_length, counted beside the skips.
 TRUNCATED = skips.Skip.TRUNCATED
@@ -279,7 +279,7 @@ def _resume(state: RunState) -> None:
     # The saved counts are already summed over ranks: rank 0 carries them on, the others start from zero.
     state.skips = SkipTally(saved.get("skipped", {}) if state.rank == 0 else None)
     say(state, f"resumed from {latest.name} (step {state.start} of {state.total})")
-    changed = changed_settings(saved.get("spec", {}), state.spec)
+    changed = checkpoint.changed_settings(saved.get("spec", {}), state.spec)
     if changed:
         say(state, f"[yellow]warning:[/] the spec changed since {latest.name}: {', '.join(changed)}")
 
@@ -381,73 +381,7 @@ def say(state: RunState, text: str) -> None:
         Console(highlight=False).print(text)
 
 
-#: Sections whose change between a checkpoint and its resume alters what is trained.
-_TRAINING_SECTIONS = ("model", "data", "train", "lora")
-
-
-def changed_settings(saved: dict, spec) -> list[str]:
-    """Dotted keys of training settings that differ from those the checkpoint was written with."""
-    now = spec.model_dump(mode="json")
-    changed = []
-
-    def walk(a, b, prefix):
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
-        elif a != b:
-            changed.append(prefix)
-
-    for section in _TRAINING_SECTIONS:
-        if section in saved:
-            walk(saved[section], now.get(section), section)
-    return changed
-
-
 # --- the process --------------------------------------------------------------------------------------------------
-
-def report_failure(out_dir: Path, exc: BaseException) -> None:
-    """Leave the parent a one-line account of this rank's failure, with the traceback beside it."""
-    rank = _rank()
-    errors = Path(out_dir) / ".errors"
-    try:
-        errors.mkdir(parents=True, exist_ok=True)
-        tb_file = errors / f"rank{rank}-traceback.txt"
-        atomic_write_text(tb_file, "".join(traceback.format_exception(exc)))
-        user = isinstance(exc, UserError)
-        message = exc.message if user else f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        atomic_write_json(errors / f"rank{rank}.json", {
-            "rank": rank, "kind": "user" if user else "crash", "message": message,
-            "hint": getattr(exc, "hint", None), "traceback_file": str(tb_file), "time": time.time()})
-    except OSError:
-        pass
-
-
-def report_stopped(out_dir: Path, signum: int) -> None:
-    """Record that this rank was stopped from outside (SIGTERM from the launcher or a scheduler, Ctrl-C), unless
-    it already reported an error of its own, which says more."""
-    rank = _rank()
-    record = Path(out_dir) / ".errors" / f"rank{rank}.json"
-    try:
-        if not record.exists():
-            record.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(record, {"rank": rank, "kind": "stopped", "message": f"stopped by {signal.Signals(signum).name}",
-                                       "time": time.time()})
-    except OSError:
-        pass
-
-
-def _stop_quietly_on_sigterm(out_dir: Path):
-    """SIGTERM: leave the stopped record and exit at once (Python's default would exit without a word). Forked
-    DataLoader workers inherit the handler; only the rank's own process writes. Returns the previous handler."""
-    pid = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() == pid:
-            report_stopped(out_dir, signum)
-        os._exit(128 + signum)
-
-    return signal.signal(signal.SIGTERM, handler)
-
 
 def read_run_files(spec_path: Path):
     """(spec, DeepSpeed config) as the parent wrote them into the run folder."""
@@ -470,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     # The parent wrote the spec into the run directory; errors go there even when the spec does not load here
     # (on another node a path the parent validated may not exist).
     out_dir = args.spec.resolve().parent
-    previous_sigterm = _stop_quietly_on_sigterm(out_dir)
+    previous_sigterm = rank_reports.stop_quietly_on_sigterm(out_dir)
     import torch.distributed as dist
 
     # Only a process group this call started is left at the end (main() called in-process by tests may find one).
@@ -482,12 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         run(spec, ds_config, merge=args.merge, trust_pickle=args.trust_pickle)
     except KeyboardInterrupt:
         # Ctrl-C reaches every process of the terminal: the parent says what happened, once.
-        report_stopped(out_dir, signal.SIGINT)
+        rank_reports.report_stopped(out_dir, signal.SIGINT)
         code = 130
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent, then re-raised
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        report_failure(out_dir, exc)
+        rank_reports.report_failure(out_dir, exc)
         if not isinstance(exc, UserError):
             traceback.print_exc()
         code = 2 if isinstance(exc, UserError) else 1
