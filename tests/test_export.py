@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dicom_files import write_dicom
 from llavarad_cli import testing
 from llavarad_cli.data.images import load_image
 from llavarad_cli.errors import UserError
@@ -65,27 +66,6 @@ def exports(sources, tmp_path_factory):
     return {name: export_model(str(src), root / name, base, dtype="fp32").out for name, (src, base) in sources.items()}
 
 
-def _dicom(path: Path, pixels: np.ndarray) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """8-bit RGB, 8-bit grayscale, 16-bit grayscale, non-square (both orientations), DICOM — as llavarad reads
@@ -98,7 +78,7 @@ def images(tmp_path_factory):
     assert Image.open(png16).mode.startswith("I")
     portrait = root / "portrait.png"
     Image.open(DATA / "iu" / "CXR7_IM-2263-1001.png").resize((512, 540)).save(portrait)
-    dicom = _dicom(root / "study.dcm", np.asarray(gray.resize((100, 120)), dtype=np.uint16) * 16)
+    dicom = write_dicom(root / "study.dcm", np.asarray(gray.resize((100, 120)), dtype=np.uint16) * 16, "MONOCHROME1")
     paths = {"rgb8": DATA / "iu" / "CXR7_IM-2263-1001.png", "gray8": DATA / "nih" / "00000001_000.png",
              "png16": png16, "portrait": portrait, "dicom": dicom}
     return {name: load_image(path) for name, path in paths.items()}

@@ -8,30 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dicom_files import secondary_capture, write_dicom
 from llavarad_cli.data.images import ImageProblem, load_image, resolve_image_path
 
 
-def _dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", window=None) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+_dicom = write_dicom
 
 
 def _ramp(h=8, w=16, top=4095):
@@ -162,22 +143,9 @@ def test_truncated_jpeg_loads_without_leaving_pillow_switched(tmp_path):
 
 def _compressed_dicom(path: Path, syntax, fragment: bytes, bits: int = 8) -> Path:
     """A DICOM whose pixel data is one encapsulated frame of `syntax` (the bytes are the caller's)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = syntax
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = 16, 24
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds = secondary_capture(syntax, 16, 24, bits=bits)
     ds.PixelData = encapsulate([fragment])
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
