@@ -43,6 +43,7 @@ def both(tmp_path_factory):
         folder = tiny_radgraph(tmp_path_factory.mktemp("rg"), texts, seed=2)
         ours = radgraph.package_annotator(folder / "radgraph.tar.gz", device="cpu")
         mine = {t: a for t in texts for a in ours([t])}
+        batched = ours(texts)  # several reports per forward pass
 
         # the package's layout: <model_cache_dir>/radgraph/ holding the unpacked archive
         cache = tmp_path_factory.mktemp("pkg")
@@ -62,6 +63,7 @@ def both(tmp_path_factory):
 
     berts = [m for m in ours.model.modules() if isinstance(m, PreTrainedModel)]
     assert berts and all(m.config._attn_implementation == "eager" for m in berts)  # the paper's attention
+    assert batched == [mine[t] for t in texts]
     return texts, mine, theirs
 
 

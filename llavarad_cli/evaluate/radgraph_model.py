@@ -230,9 +230,53 @@ def build(config: dict, vocab, bert_dir: Path):
     return reader, model
 
 
+#: Reports per forward pass (as the sentences of one document, see RadGraphAnnotator): at most this many, and at
+#: most this many padded tokens (reports x the longest's tokens); bigger passes stop gaining and cost memory.
+BATCH_REPORTS = 32
+BATCH_TOKENS = 2048
+
+
+def _tokens(text: str) -> list[str]:
+    from radgraph.utils import preprocess_reports
+
+    return preprocess_reports([text or "None"], "radgraph")[0]["sentences"][0]  # the package's "radgraph" split
+
+
+def _shift(items: list, offset: int, n_indices: int) -> list:
+    """Document token indices back to the report's own: DyGIE's predictions start with their token indices
+    (NER: start, end, label, ...; relations: start, end, start, end, label, ...)."""
+    return [[v - offset for v in item[:n_indices]] + list(item[n_indices:]) for item in items]
+
+
+def _kept_pairs_only(relation_module) -> None:
+    """Relations only between the spans a sentence keeps, as when it is alone in its pass.
+
+    DyGIE's relation module keeps ceil(0.5 x length) spans per sentence, pads every sentence's kept spans to the
+    longest's count, and then masks only the first span of each pair: the second may be a padding slot. Alone in
+    a pass a sentence has no padding slots, so its relations are those among its kept spans; in a packed pass the
+    shorter sentences would also pair with padding (real spans' ids, meaningless scores). Cutting each sentence's
+    scores to its kept spans first makes a packed pass give exactly the one-report result (and changes nothing
+    for a sentence alone: there the cut is the whole matrix)."""
+    predict_sentence = relation_module._predict_sentence
+
+    def kept_only(top_spans, relation_scores, num_spans_to_keep, sentence):
+        keep = int(num_spans_to_keep)
+        return predict_sentence(top_spans[:keep], relation_scores[:keep, :keep], num_spans_to_keep, sentence)
+
+    relation_module._predict_sentence = kept_only
+
+
 class RadGraphAnnotator:
-    """Annotates reports one at a time (DyGIE has no multi-document batches), as RadGraph's ``RadGraph`` does:
-    same tokenisation (model_type "radgraph"), same model, same output (``{"text", "entities": {...}}``)."""
+    """Annotates reports as RadGraph's ``RadGraph`` does, one document per report: same tokenisation (model_type
+    "radgraph"), same model, same output (``{"text", "entities": {...}}``), but several reports per forward pass.
+
+    The package runs one report per pass because DyGIE has no multi-document batches. A report is a single
+    sentence to the model, though, and DyGIE treats the sentences of a document independently once coreference
+    is off (radgraph.tar.gz trains with coref weight 0 and no propagation): BERT encodes each sentence as its own
+    row (padding masked), and spans, NER scores, pruning and relations are all per sentence. So reports of
+    similar length are packed as the sentences of one document, and each gets back exactly its own annotation
+    (tests/test_evaluate_radgraph_batching.py checks batched == one at a time, report by report). With
+    coreference or propagation on, sentences would see each other: then reports go one at a time."""
 
     def __init__(self, files: RadGraphFiles, device: str | None = None):
         import torch
@@ -247,24 +291,50 @@ class RadGraphAnnotator:
 
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        self.independent = model._loss_weights["coref"] <= 0 and model._coref.coref_prop <= 0
+        _kept_pairs_only(model._relation)
 
     def __call__(self, texts: Sequence[str]) -> list[dict]:
-        return [self.annotate_one(text) for text in texts]
+        if not self.independent:
+            return [self.annotate_batch([_tokens(text)])[0] for text in texts]
+        tokens = [_tokens(text) for text in texts]
+        out: list = [None] * len(texts)
+        # shortest first, so each pass pads little; the result order is the input order
+        order = sorted(range(len(texts)), key=lambda i: (len(tokens[i]), i))
+        batch: list[int] = []
+        for i in order:
+            if batch and ((len(batch) + 1) * len(tokens[i]) > BATCH_TOKENS or len(batch) >= BATCH_REPORTS):
+                out_batch = self.annotate_batch([tokens[j] for j in batch])
+                for j, ann in zip(batch, out_batch):
+                    out[j] = ann
+                batch = []
+            batch.append(i)
+        if batch:
+            for j, ann in zip(batch, self.annotate_batch([tokens[j] for j in batch])):
+                out[j] = ann
+        return out
 
     def annotate_one(self, text: str) -> dict:
+        return self.annotate_batch([_tokens(text)])[0]
+
+    def annotate_batch(self, reports: Sequence[list[str]]) -> list[dict]:
+        """Tokenised reports through one forward pass, as the sentences of one document."""
         import torch
         from radgraph.allennlp.data.dataloader import allennlp_collate
-        from radgraph.utils import batch_to_device, get_entity, preprocess_reports
+        from radgraph.utils import batch_to_device, get_entity
 
-        doc = preprocess_reports([text or "None"], "radgraph")[0]  # the package's tokenisation for "radgraph"
-        doc["dataset"] = self.dataset
-        instance = self.reader.text_to_instance(doc)
+        instance = self.reader.text_to_instance({"doc_key": "0", "sentences": [list(r) for r in reports],
+                                                 "dataset": self.dataset})
         instance.index_fields(self.model.vocab)
         batch = batch_to_device(allennlp_collate([instance]), self.device)
         with torch.no_grad():
             output = self.model(**batch)
         result = self.model.make_output_human_readable(output).to_json()
-        sentence = result["sentences"][0]
-        ner = (result.get("predicted_ner") or [[]])[0]
-        relations = (result.get("predicted_relations") or [[]])[0]
-        return {"text": " ".join(sentence), "entities": get_entity(ner, relations, sentence)}
+        ner_all = result.get("predicted_ner") or [[] for _ in reports]
+        rel_all = result.get("predicted_relations") or [[] for _ in reports]
+        out, offset = [], 0
+        for sentence, ner, relations in zip(result["sentences"], ner_all, rel_all):
+            ner, relations = _shift(ner, offset, 2), _shift(relations, offset, 4)
+            out.append({"text": " ".join(sentence), "entities": get_entity(ner, relations, sentence)})
+            offset += len(sentence)
+        return out
