@@ -12,8 +12,8 @@ them by default (the size of the MIMIC-CXR test set; ``--limit`` takes fewer).
    attention: llavarad's length-sorted batches against the paper's way (one report at a time, as f1chexbert's
    ``get_label`` does); the labels must be identical.
 3. RadGraph, real size (PubMedBERT-base shape + DyGIE heads, random weights in radgraph.tar.gz's layout):
-   llavarad's annotator (reports of similar length packed into one pass) against the radgraph package's
-   ``RadGraph`` class (one report at a time); the annotations must be identical. Skipped without the radgraph package or with ``--radgraph-texts 0``.
+   llavarad's annotator against the radgraph package's ``RadGraph`` class, both one report at a time; the
+   annotations must be identical. Skipped without the radgraph package or with ``--radgraph-texts 0``.
 Nothing is downloaded.
 
     python benchmarks/bench_evaluate.py [--limit 2461] [--chexbert-texts 256] [--radgraph-texts 32] [--threads 2]
@@ -146,7 +146,7 @@ def bench_radgraph(texts) -> list[tuple[str, float]]:
     print(f"  RadGraph annotations identical: {same} of {len(texts)} reports, "
           f"{sum(len(a['entities']) for a in ours)} entities", flush=True)
     assert same == len(texts)
-    return [("RadGraph, llavarad (length-sorted reports, several per pass)", ours_t),
+    return [("RadGraph, llavarad (one report at a time)", ours_t),
             ("RadGraph, radgraph package's RadGraph (one at a time)", paper_t)]
 
 

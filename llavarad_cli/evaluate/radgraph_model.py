@@ -231,8 +231,12 @@ def build(config: dict, vocab, bert_dir: Path):
 
 
 #: Reports per forward pass (as the sentences of one document, see RadGraphAnnotator): at most this many, and at
-#: most this many padded tokens (reports x the longest's tokens); bigger passes stop gaining and cost memory.
-BATCH_REPORTS = 32
+#: most this many padded tokens (reports x the longest's tokens). One by default: with real-size (PubMedBERT-base)
+#: random weights, packing 64 Open-I findings changed the relations of 32 of them against one at a time
+#: (entities all equal; padding likely moves BERT's float sums enough to flip near-ties), though it was 8.7x
+#: faster; the paper's code runs one per pass, and identical annotations come first.
+#: Packing is exact with the small test model (tests/test_evaluate_radgraph_batching.py).
+BATCH_REPORTS = 1
 BATCH_TOKENS = 2048
 
 
@@ -270,12 +274,12 @@ class RadGraphAnnotator:
     """Annotates reports as RadGraph's ``RadGraph`` does, one document per report: same tokenisation (model_type
     "radgraph"), same model, same output (``{"text", "entities": {...}}``), but several reports per forward pass.
 
-    The package runs one report per pass because DyGIE has no multi-document batches. A report is a single
+    The package runs one report per pass because DyGIE has no multi-document batches, and so does this by
+    default (BATCH_REPORTS: packed passes are not float-exact at real size). A report is a single
     sentence to the model, though, and DyGIE treats the sentences of a document independently once coreference
     is off (radgraph.tar.gz trains with coref weight 0 and no propagation): BERT encodes each sentence as its own
     row (padding masked), and spans, NER scores, pruning and relations are all per sentence. So reports of
-    similar length are packed as the sentences of one document, and each gets back exactly its own annotation
-    (tests/test_evaluate_radgraph_batching.py checks batched == one at a time, report by report). With
+    similar length can be packed as the sentences of one document, and each gets back its own annotation. With
     coreference or propagation on, sentences would see each other: then reports go one at a time."""
 
     def __init__(self, files: RadGraphFiles, device: str | None = None):
