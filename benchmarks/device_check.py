@@ -17,6 +17,9 @@ time limit, so a part that fails, runs out of memory or hangs is reported as suc
                findings
   train_sdpa   stage 2 (LoRA r64 + projector, ZeRO-2, world 1) at 7B shape for a few steps through
                bench_train_gpu.py: tokens/s, MFU, peak GiB; ``train_flash`` too when flash-attn is installed
+  radgraph     the F1-RadGraph annotator at real size (PubMedBERT-base + DyGIE heads, random weights) on GPU:
+               shared BERT passes against one report at a time (the paper's batch size 1), reports/s and how
+               many annotations are identical; skipped when the radgraph package is not installed
 
 Prompt lengths follow the Open-I indications in the v1 prompt (tests/data/openi; 3.2 characters per token),
 so equal-length groups are as full as on a real test set. Throughput is measured on every k-th batch of that
@@ -41,8 +44,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # the other benchmark scripts, reused by import
 
-#: Time limit of each part in seconds at full size (together about 8 minutes when all run to their limit).
-PART_LIMITS = {"infer_fp16": 140, "infer_bf16": 90, "cli": 150, "train_sdpa": 150, "train_flash": 120}
+#: Time limit of each part in seconds at full size. Parts end well before their limits when all is well;
+#: about 10 minutes is the most the default parts can take together (12 with flash-attn installed).
+PART_LIMITS = {"infer_fp16": 140, "infer_bf16": 90, "cli": 150, "train_sdpa": 150, "train_flash": 120,
+               "radgraph": 90}
 #: The tiny run is mostly process start-up (imports), which a busy CPU can slow down many times over.
 TINY_LIMIT = 600
 # Vicuna token counts of the v1 inference prompt (SentencePiece LLaMA tokenizer):
@@ -351,12 +356,46 @@ def part_train(args, attn: str) -> dict:
     return result
 
 
+def part_radgraph(args) -> dict:
+    if importlib.util.find_spec("radgraph") is None:
+        return {"ok": True, "skipped": "radgraph package not installed (pip install 'llavarad[radgraph]')"}
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from radgraph_fixtures import tiny_radgraph
+
+    from llavarad_cli.evaluate import radgraph, radgraph_model
+
+    rows = list(csv.DictReader((ROOT / "tests/data/openi/indiana_reports.csv").open(encoding="utf-8")))
+    texts = list(dict.fromkeys(r["findings"].strip() for r in rows if r["findings"].strip()))
+    sample = sorted(texts[: 16 if args.tiny else 128], key=len)  # as `evaluate` hands them over
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["XDG_CACHE_HOME"] = str(Path(tmp) / "xdg")
+        built = time.perf_counter()
+        folder = tiny_radgraph(Path(tmp) / "rg", texts, real_size=not args.tiny)
+        annotate = radgraph.package_annotator(folder / "radgraph.tar.gz", device="cpu" if args.tiny else "cuda")
+        out = {"build_s": time.perf_counter() - built, "reports": len(sample),
+               "batch_reports": radgraph_model.BATCH_REPORTS}
+        annotate(sample[:4])  # warm-up
+        start = time.perf_counter()
+        shared = annotate(sample)
+        out["shared_reports_per_s"] = len(sample) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        alone = [annotate.annotate_one(t) for t in sample]
+        out["one_at_a_time_reports_per_s"] = len(sample) / (time.perf_counter() - start)
+    out["identical"] = sum(a == b for a, b in zip(shared, alone))
+    out["speedup"] = out["shared_reports_per_s"] / out["one_at_a_time_reports_per_s"]
+    out["ok"] = out["identical"] == len(sample)
+    return out
+
+
 PARTS = {
     "infer_fp16": lambda a: part_infer(a, "fp16"),
     "infer_bf16": lambda a: part_infer(a, "bf16"),
     "cli": part_cli,
     "train_sdpa": lambda a: part_train(a, "sdpa"),
     "train_flash": lambda a: part_train(a, "flash_attention_2"),
+    "radgraph": part_radgraph,
 }
 
 
@@ -425,6 +464,14 @@ def table(results: dict) -> list[str]:
             lines.append(f"{name:<11} {'stage 2, ' + r.get('attn', '') + ', checkpointing on':<44} "
                          f"{f(r.get('tokens_per_s'), '.0f')} tokens/s, MFU {mfu}, "
                          f"peak {f(r.get('peak_gib'), '.1f')} GiB  [{r['status']}]")
+        elif name == "radgraph":
+            if "skipped" in r:
+                lines.append(f"{name:<11} {'':<44} skipped: {r['skipped']}")
+                continue
+            lines.append(f"{name:<11} {'shared BERT (<= ' + str(r['batch_reports']) + ') vs one at a time':<44} "
+                         f"{f(r['shared_reports_per_s'], '.1f')} vs {f(r['one_at_a_time_reports_per_s'], '.1f')} "
+                         f"reports/s, {f(r['speedup'], '.2f')}x")
+            lines.append(f"{'':<11} {'identical annotations':<44} {r['identical']}/{r['reports']}  [{r['status']}]")
     return lines
 
 

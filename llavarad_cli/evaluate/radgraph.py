@@ -69,15 +69,20 @@ def package_annotator(archive: Path, device: str | None = None) -> Annotator:
     return RadGraphAnnotator(find_files(Path(archive)), device)
 
 
+#: Distinct reports handed to the annotator at a time (the progress bar moves by this many); the annotator
+#: shares BERT passes among each call's reports of equal wordpiece count.
+ANNOTATE_STEP = 128
+
+
 def radgraph_rewards(hyps: Sequence[str], refs: Sequence[str], annotate: Annotator,
                      progress=None) -> tuple[np.ndarray, list, list]:
     """Per-pair partial reward; an empty (or whitespace-only) report scores 0 and is not annotated."""
     keep = [i for i in range(len(hyps)) if not is_empty(hyps[i]) and not is_empty(refs[i])]
-    unique = list(dict.fromkeys([hyps[i] for i in keep] + [refs[i] for i in keep]))
+    # by length, so that each call holds many reports of one wordpiece count (they share BERT passes)
+    unique = sorted(dict.fromkeys([hyps[i] for i in keep] + [refs[i] for i in keep]), key=len)
     annotations: dict[str, Mapping] = {}
-    step = 64
-    for start in range(0, len(unique), step):
-        batch = unique[start:start + step]
+    for start in range(0, len(unique), ANNOTATE_STEP):
+        batch = unique[start:start + ANNOTATE_STEP]
         annotations.update(zip(batch, annotate(batch)))
         if progress is not None:
             progress(len(batch))

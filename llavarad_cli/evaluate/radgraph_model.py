@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from llavarad_cli.evaluate.assets import SCORERS_REPO, MetricSkipped, radgraph_howto
 from llavarad_cli.evaluate.attention import use_paper_attention
 
@@ -230,14 +232,9 @@ def build(config: dict, vocab, bert_dir: Path):
     return reader, model
 
 
-#: Reports per forward pass (as the sentences of one document, see RadGraphAnnotator): at most this many, and at
-#: most this many padded tokens (reports x the longest's tokens). One by default: with real-size (PubMedBERT-base)
-#: random weights, packing 64 Open-I findings changed the relations of 32 of them against one at a time
-#: (entities all equal; padding likely moves BERT's float sums enough to flip near-ties), though it was 8.7x
-#: faster; the paper's code runs one per pass, and identical annotations come first.
-#: Packing is exact with the small test model (tests/test_evaluate_radgraph_batching.py).
-BATCH_REPORTS = 1
-BATCH_TOKENS = 2048
+#: Reports whose BERT encodings share one forward pass, at most (reports of one wordpiece count; see
+#: RadGraphAnnotator).
+BATCH_REPORTS = 32
 
 
 def _tokens(text: str) -> list[str]:
@@ -246,45 +243,33 @@ def _tokens(text: str) -> list[str]:
     return preprocess_reports([text or "None"], "radgraph")[0]["sentences"][0]  # the package's "radgraph" split
 
 
-def _shift(items: list, offset: int, n_indices: int) -> list:
-    """Document token indices back to the report's own: DyGIE's predictions start with their token indices
-    (NER: start, end, label, ...; relations: start, end, start, end, label, ...)."""
-    return [[v - offset for v in item[:n_indices]] + list(item[n_indices:]) for item in items]
+class _GivenEmbeddings(torch.nn.Module):
+    """Stands in for DyGIE's text embedder during one report's pass: hands back that report's BERT word
+    embeddings, computed beforehand in a shared pass, instead of running BERT again."""
 
+    def __init__(self, embeddings: torch.Tensor):
+        super().__init__()
+        self.embeddings = embeddings
 
-def _kept_pairs_only(relation_module) -> None:
-    """Relations only between the spans a sentence keeps, as when it is alone in its pass.
-
-    DyGIE's relation module keeps ceil(0.5 x length) spans per sentence, pads every sentence's kept spans to the
-    longest's count, and then masks only the first span of each pair: the second may be a padding slot. Alone in
-    a pass a sentence has no padding slots, so its relations are those among its kept spans; in a packed pass the
-    shorter sentences would also pair with padding (real spans' ids, meaningless scores). Cutting each sentence's
-    scores to its kept spans first makes a packed pass give exactly the one-report result (and changes nothing
-    for a sentence alone: there the cut is the whole matrix)."""
-    predict_sentence = relation_module._predict_sentence
-
-    def kept_only(top_spans, relation_scores, num_spans_to_keep, sentence):
-        keep = int(num_spans_to_keep)
-        return predict_sentence(top_spans[:keep], relation_scores[:keep, :keep], num_spans_to_keep, sentence)
-
-    relation_module._predict_sentence = kept_only
+    def forward(self, text, num_wrapping_dims: int = 0) -> torch.Tensor:
+        return self.embeddings
 
 
 class RadGraphAnnotator:
-    """Annotates reports as RadGraph's ``RadGraph`` does, one document per report: same tokenisation (model_type
-    "radgraph"), same model, same output (``{"text", "entities": {...}}``), but several reports per forward pass.
+    """Annotates reports exactly as RadGraph's ``RadGraph`` does, one document per report: same tokenisation
+    (model_type "radgraph"), same model, same output (``{"text", "entities": {...}}``), with BERT shared.
 
-    The package runs one report per pass because DyGIE has no multi-document batches, and so does this by
-    default (BATCH_REPORTS: packed passes are not float-exact at real size). A report is a single
-    sentence to the model, though, and DyGIE treats the sentences of a document independently once coreference
-    is off (radgraph.tar.gz trains with coref weight 0 and no propagation): BERT encodes each sentence as its own
-    row (padding masked), and spans, NER scores, pruning and relations are all per sentence. So reports of
-    similar length can be packed as the sentences of one document, and each gets back its own annotation. With
-    coreference or propagation on, sentences would see each other: then reports go one at a time."""
+    BERT, three quarters of the work, encodes several reports in one pass: reports with the same number of
+    wordpieces go in as the sentences of one document (each its own row, so nothing is padded and each report's
+    arithmetic is what it is alone: on CPU its word embeddings come out bit for bit equal; the benchmark and the
+    device check count this at real size). Padding is avoided because it is not exact: a row padded past the
+    CPU's vector width takes another softmax path, which moved the embeddings of short reports by ~1e-6.
+    Everything after BERT (spans, NER, pruning, relations, coreference) runs per report, as a one-sentence
+    document with exactly the shapes of the package's own pass. Those heads are not shared: their matrix
+    products round differently when more rows share a call (one ulp at real size), enough to change which spans
+    the relation pruner keeps when mention scores nearly tie."""
 
     def __init__(self, files: RadGraphFiles, device: str | None = None):
-        import torch
-
         config = json.loads((files.model_dir / "config.json").read_text())
         vocab = load_vocabulary(files.model_dir / "vocabulary")
         self.dataset = dataset_name(vocab, files.model_dir)
@@ -295,50 +280,77 @@ class RadGraphAnnotator:
 
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
-        self.independent = model._loss_weights["coref"] <= 0 and model._coref.coref_prop <= 0
-        _kept_pairs_only(model._relation)
+        # past this many wordpieces allennlp folds a row into segments: such reports keep their own BERT pass
+        self.max_wordpieces = config["model"]["embedder"]["token_embedders"]["bert"].get("max_length")
 
     def __call__(self, texts: Sequence[str]) -> list[dict]:
-        if not self.independent:
-            return [self.annotate_batch([_tokens(text)])[0] for text in texts]
-        tokens = [_tokens(text) for text in texts]
+        batches = [self._batch(_tokens(text)) for text in texts]
         out: list = [None] * len(texts)
-        # shortest first, so each pass pads little; the result order is the input order
-        order = sorted(range(len(texts)), key=lambda i: (len(tokens[i]), i))
-        batch: list[int] = []
-        for i in order:
-            if batch and ((len(batch) + 1) * len(tokens[i]) > BATCH_TOKENS or len(batch) >= BATCH_REPORTS):
-                out_batch = self.annotate_batch([tokens[j] for j in batch])
-                for j, ann in zip(batch, out_batch):
-                    out[j] = ann
-                batch = []
-            batch.append(i)
-        if batch:
-            for j, ann in zip(batch, self.annotate_batch([tokens[j] for j in batch])):
-                out[j] = ann
+        for group in _groups([b["text"]["bert"]["token_ids"].shape[-1] for b in batches]):
+            for i, given in zip(group, self._encode([batches[i] for i in group])):
+                out[i] = self._annotate(batches[i], given)
         return out
 
     def annotate_one(self, text: str) -> dict:
-        return self.annotate_batch([_tokens(text)])[0]
+        """One report through the package's own path, BERT included (the reference for the shared passes)."""
+        return self._annotate(self._batch(_tokens(text)), None)
 
-    def annotate_batch(self, reports: Sequence[list[str]]) -> list[dict]:
-        """Tokenised reports through one forward pass, as the sentences of one document."""
-        import torch
+    def _batch(self, words: list[str]) -> dict:
+        """The model input for one report: a document of one sentence, as the package builds it."""
         from radgraph.allennlp.data.dataloader import allennlp_collate
-        from radgraph.utils import batch_to_device, get_entity
+        from radgraph.utils import batch_to_device
 
-        instance = self.reader.text_to_instance({"doc_key": "0", "sentences": [list(r) for r in reports],
+        instance = self.reader.text_to_instance({"doc_key": "0", "sentences": [list(words)],
                                                  "dataset": self.dataset})
         instance.index_fields(self.model.vocab)
-        batch = batch_to_device(allennlp_collate([instance]), self.device)
+        return batch_to_device(allennlp_collate([instance]), self.device)
+
+    def _encode(self, batches: Sequence[dict]) -> list:
+        """The BERT word embeddings (1 x 1 x words x width, as its own pass gives them) of reports with one
+        wordpiece count, from one shared pass; ``None`` for each report that runs BERT itself: one alone, or
+        past BERT's window (where allennlp folds rows into segments)."""
+        bert = [b["text"]["bert"] for b in batches]
+        if len(batches) == 1 or (self.max_wordpieces and bert[0]["token_ids"].shape[-1] > self.max_wordpieces):
+            return [None] * len(batches)
+        # the reports as the sentences of one document; only the word-level fields are padded (zeros, masks off)
+        text = {"bert": {key: _stack_padded([b[key] for b in bert]) for key in bert[0]}}
         with torch.no_grad():
-            output = self.model(**batch)
+            embeddings = self.model._embedder(text, num_wrapping_dims=1)  # 1 x reports x longest x width
+        return [embeddings[:, k:k + 1, :b["mask"].shape[-1]].contiguous() for k, b in enumerate(bert)]
+
+    def _annotate(self, batch: dict, given_embeddings) -> dict:
+        """One report's pass through DyGIE, with BERT replaced by ``given_embeddings`` when there are some."""
+        from radgraph.utils import get_entity
+
+        embedder = self.model._embedder
+        if given_embeddings is not None:
+            self.model._embedder = _GivenEmbeddings(given_embeddings)
+        try:
+            with torch.no_grad():
+                output = self.model(**batch)
+        finally:
+            self.model._embedder = embedder
         result = self.model.make_output_human_readable(output).to_json()
-        ner_all = result.get("predicted_ner") or [[] for _ in reports]
-        rel_all = result.get("predicted_relations") or [[] for _ in reports]
-        out, offset = [], 0
-        for sentence, ner, relations in zip(result["sentences"], ner_all, rel_all):
-            ner, relations = _shift(ner, offset, 2), _shift(relations, offset, 4)
-            out.append({"text": " ".join(sentence), "entities": get_entity(ner, relations, sentence)})
-            offset += len(sentence)
-        return out
+        sentence = result["sentences"][0]
+        ner = (result.get("predicted_ner") or [[]])[0]
+        relations = (result.get("predicted_relations") or [[]])[0]
+        return {"text": " ".join(sentence), "entities": get_entity(ner, relations, sentence)}
+
+
+def _groups(wordpieces: Sequence[int]) -> list[list[int]]:
+    """Indices of the reports that share a BERT pass: equal wordpiece counts, at most BATCH_REPORTS a pass."""
+    by_count: dict[int, list[int]] = {}
+    for i, count in enumerate(wordpieces):
+        by_count.setdefault(count, []).append(i)
+    return [same[k:k + BATCH_REPORTS] for _, same in sorted(by_count.items())
+            for k in range(0, len(same), BATCH_REPORTS)]
+
+
+def _stack_padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One-sentence fields (1 x 1 x length x ...) padded with zeros to the longest and stacked as sentences."""
+    longest = max(r.shape[2] for r in rows)
+    padded = []
+    for r in rows:
+        pad = [0, 0] * (r.dim() - 3) + [0, longest - r.shape[2]]
+        padded.append(torch.nn.functional.pad(r, pad))
+    return torch.cat(padded, dim=1)
