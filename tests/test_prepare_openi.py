@@ -128,6 +128,31 @@ def test_a_repeated_projection_row_is_a_counted_duplicate_and_infer_reads_the_re
     assert len(read_queries(out / "test.json").queries) == len(records)
 
 
+def test_a_repeated_report_uid_is_a_counted_duplicate_and_the_first_row_counts(data_dir, tmp_path):
+    import csv
+
+    with (data_dir / "openi" / "indiana_reports.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    first = rows[0]
+    reports = tmp_path / "reports.csv"
+    with reports.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(first))
+        writer.writeheader()
+        writer.writerows([*rows[:20], {**first, "findings": "A later copy of this study's report."},
+                          {**first, "uid": " "}])
+    args, _ = _small_openi(data_dir, tmp_path, [])
+    args[args.index("--openi-reports") + 1] = str(reports)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "test.json").read_text())
+    study = [r for r in records if r["study_id"] == first["uid"]]
+    assert study and all(r["findings"] != "A later copy of this study's report." for r in study)
+    skipped = json.loads((out / "prepare-summary.json").read_text())["skipped"]
+    assert skipped["duplicate"]["count"] == 1 and skipped["duplicate"]["examples"] == [f"uid {first['uid']} (reports.csv line 22)"]
+    assert skipped["bad_row"]["examples"] == ["reports.csv line 23"]
+
+
 def test_a_field_over_the_csv_limit_is_a_counted_bad_row_and_the_rest_is_read(data_dir, tmp_path):
     lines = (data_dir / "openi" / "indiana_projections.csv").read_text().splitlines()
     huge = '9999,"' + "x" * 200_000 + '",Frontal'  # over Python's 128 KiB field limit

@@ -58,8 +58,14 @@ def load_openi(reports_csv: Path, projections_csv: Path, images: Path | None = N
 
     skips = Skips()
     reports: dict[str, dict[str, str]] = {}
-    for _, row in read_rows(reports_csv, ("uid", "indication", "findings", "impression"), skips):
-        reports[row["uid"].strip()] = row
+    for line, row in read_rows(reports_csv, ("uid", "indication", "findings", "impression"), skips):
+        uid = row["uid"].strip()
+        if not uid:
+            skips.add(Skip.BAD_ROW, f"{Path(reports_csv).name} line {line}")
+        elif uid in reports:  # a study's report listed twice: the first row counts, as for the images
+            skips.add(Skip.DUPLICATE, f"uid {uid} ({Path(reports_csv).name} line {line})")
+        else:
+            reports[uid] = row
     index = _index_images(Path(images)) if images is not None else None
 
     candidates: list[Candidate] = []
