@@ -51,3 +51,14 @@ def test_image_and_sample_problems_use_training_names(tmp_path):
         resolve_image_path(tmp_path, "../x.png")
     bad = build_sample({"conversations": []}, "v1", tokenizer=None, max_text_tokens=10)
     assert {missing.value.kind, outside.value.kind, bad.reason} <= set(TRAINING)
+
+
+def test_a_resumed_run_goes_on_counting_from_a_0_1_0_checkpoints_kebab_case_names():
+    from llavarad_cli.train.worker import SkipTally
+
+    saved = {"missing-image": 3, "mask-mismatch": 2, "truncated-away": 1, "truncated": 5}  # as 0.1.0 saved them
+    tally = SkipTally(saved)
+    counts = dict(zip(TRAINING, tally.counts.tolist()))
+    assert counts[Skip.MISSING_IMAGE] == 3 and counts[Skip.MASK_MISMATCH] == 2 and counts[Skip.TRUNCATED_AWAY] == 1
+    assert tally.truncated.tolist() == [5]
+    assert SkipTally({Skip.NO_ANSWER: 4}).counts.tolist()[TRAINING.index(Skip.NO_ANSWER)] == 4  # today's names

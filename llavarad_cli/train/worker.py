@@ -43,7 +43,9 @@ class SkipTally:
     def __init__(self, base: dict | None = None):
         import torch
 
-        base = base or {}
+        # A checkpoint written by 0.1.0 spells the reasons in kebab-case ("missing-image"): read those too, so
+        # that resuming such a run goes on counting from where it was.
+        base = {name.replace("-", "_"): count for name, count in (base or {}).items()}
         # One int64 slot per reason of skips.TRAINING, in that order (the order the counts travel between ranks).
         self.counts = torch.tensor([int(base.get(r, 0)) for r in skips.TRAINING], dtype=torch.int64)
         self.truncated = torch.tensor([int(base.get(TRUNCATED, 0))], dtype=torch.int64)
