@@ -59,6 +59,17 @@ def scorer_rows() -> list[tuple[str, str]]:
     return rows
 
 
+def dicom_row() -> tuple[str, str]:
+    """Which compressed DICOM images `prepare`, `infer` and training can read (uncompressed ones always)."""
+    from llavarad_cli.data.images import DICOM_DECODER_HINT, dicom_decoding
+
+    readable, unreadable = dicom_decoding()
+    if not unreadable:
+        return ("DICOM decoders", f"uncompressed, {', '.join(readable)}")
+    return ("DICOM decoders", f"uncompressed, {', '.join(readable) or 'no compressed encoding'}; not "
+                              f"{', '.join(unreadable)} (such images are counted skips): {DICOM_DECODER_HINT}")
+
+
 def collect(check_hub: bool = True) -> list[tuple[str, str]]:
     from llavarad_cli.versions import package_versions
 
@@ -86,5 +97,6 @@ def collect(check_hub: bool = True) -> list[tuple[str, str]]:
     rows.append(("HF hub", hub_status() if check_hub else "not checked"))
     rows.append(("HF cache", hf_cache_dir()))
     rows.extend(scorer_rows())
+    rows.append(dicom_row())
     rows.append(("CPU cores", str(os.cpu_count())))
     return rows

@@ -102,7 +102,26 @@ def test_doctor_prints_a_table_without_gpu_or_hub(monkeypatch):
     assert "offline mode" in result.output
     rows = [line.split("│")[1].strip() for line in result.output.splitlines() if line.count("│") >= 3]
     assert rows.count("flash-attn") == 1
-    assert "CheXbert weights" in rows and "RadGraph weights" in rows
+    assert "CheXbert weights" in rows and "RadGraph weights" in rows and "DICOM decoders" in rows
+
+
+def test_doctor_names_the_dicom_encodings_no_installed_decoder_reads(monkeypatch):
+    import pydicom.pixels
+
+    from llavarad_cli.data.images import DICOM_DECODER_HINT
+    from llavarad_cli.doctor import dicom_row
+
+    def decoder(available):
+        return type("Decoder", (), {"is_available": available})()
+
+    # every encoding readable but JPEG-LS (transfer syntax 1.2.840.10008.1.2.4.80)
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda syntax: decoder(not syntax.endswith(".4.80")))
+    label, text = dicom_row()
+    assert label == "DICOM decoders"
+    assert text == ("uncompressed, JPEG baseline, JPEG extended, JPEG lossless, JPEG 2000, RLE; not JPEG-LS (such "
+                    "images are counted skips): " + DICOM_DECODER_HINT)
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda syntax: decoder(True))
+    assert dicom_row()[1] == "uncompressed, JPEG baseline, JPEG extended, JPEG lossless, JPEG-LS, JPEG 2000, RLE"
 
 
 def test_doctor_finds_scorer_weights_in_the_hf_cache_without_downloading(monkeypatch, tmp_path):

@@ -102,6 +102,21 @@ _DICOM_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OS
 #: What decodes the compressed transfer syntaxes Pillow does not (JPEG-LS, JPEG lossless, HTJ2K): the
 #: `dicom` extra installs pylibjpeg with its libjpeg and openjpeg plugins; GDCM is pydicom's other choice.
 DICOM_DECODER_HINT = "pip install 'llavarad[dicom]' (pylibjpeg + pylibjpeg-libjpeg + pylibjpeg-openjpeg) or GDCM"
+#: The compressed encodings chest X-ray archives use, by the name `doctor` shows (transfer syntax UIDs).
+DICOM_ENCODINGS = {"JPEG baseline": "1.2.840.10008.1.2.4.50", "JPEG extended": "1.2.840.10008.1.2.4.51",
+                   "JPEG lossless": "1.2.840.10008.1.2.4.70", "JPEG-LS": "1.2.840.10008.1.2.4.80",
+                   "JPEG 2000": "1.2.840.10008.1.2.4.91", "RLE": "1.2.840.10008.1.2.5"}
+
+
+def dicom_decoding() -> tuple[list[str], list[str]]:
+    """(the encodings of DICOM_ENCODINGS an installed decoder reads, those none reads)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    readable, unreadable = [], []
+    for name, syntax in DICOM_ENCODINGS.items():
+        (readable if get_decoder(UID(syntax)).is_available else unreadable).append(name)
+    return readable, unreadable
 
 
 def _dicom_pixels(ds):
