@@ -103,6 +103,21 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path}: {problem}") from None
 
 
+def read_json_object(path: Path | str, what: str) -> dict[str, Any]:
+    """A JSON file (a config, a state file) that must hold an object: bytes that are not UTF-8, JSON that is
+    bad, nested too deeply or holds a huge integer, or another type, are each one line naming ``what``."""
+    path = Path(path)
+    try:
+        value = loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: the {what} is not UTF-8 text") from None
+    except JSONProblem as problem:
+        raise UserError(f"{path}: the {what} is {problem}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: the {what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, str]]:
     """Yield (line number, raw line) for non-blank lines; decoding is the caller's job (it knows the schema)."""
     with open(path, "r", encoding="utf-8", errors="replace") as fh:

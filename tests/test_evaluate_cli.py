@@ -183,9 +183,12 @@ def test_bad_out_and_option_files_fail_before_scoring(tmp_path, preds, monkeypat
     path, _ = preds
     monkeypatch.setattr(evaluate_package, "evaluate_pairs", lambda *a, **k: pytest.fail("scored before checking"))
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "deep.jsonl").write_text('{"text": "a", "annotation": {}}\n' + "[" * 100000 + "\n")
     for extra, message in ((["--out", str(tmp_path / "afile")], "cannot create this folder"),
                            (["--metrics", "radgraph", "--radgraph-annotations", str(tmp_path / "no.jsonl")],
                             "no.jsonl: file not found"),
+                           (["--metrics", "radgraph", "--radgraph-annotations", str(tmp_path / "deep.jsonl")],
+                            "deep.jsonl, line 2: expected"),
                            (["--metrics", "chexprompt", "--chexprompt-prompt", str(tmp_path / "afile")],
                             "not valid JSON")):
         res = runner.invoke(app, ["evaluate", str(path), *extra])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 import pytest
@@ -65,3 +66,18 @@ def test_deep_or_huge_json_is_one_line_naming_the_file(tmp_path, text, why):
         io_utils.read_json(path)
     with pytest.raises(io_utils.JSONProblem, match=why):
         io_utils.loads(text)
+
+
+@pytest.mark.parametrize("data, why", [
+    (b'{"a": ', "the thing is not valid JSON (line 1"),
+    (b"[" * 100000, "the thing is not usable JSON (nested too deeply"),
+    (b"[1]", "the thing must be a JSON object, not list"),
+    (b'{"a": "\xff"}', "the thing is not UTF-8 text"),
+])
+def test_read_json_object_is_one_line_naming_what_the_file_is(tmp_path, data, why):
+    path = tmp_path / "thing.json"
+    path.write_bytes(data)
+    with pytest.raises(UserError, match="thing.json: " + re.escape(why)):
+        io_utils.read_json_object(path, "thing")
+    path.write_text('{"a": 1}')
+    assert io_utils.read_json_object(path, "thing") == {"a": 1}

@@ -60,6 +60,11 @@ def test_user_deepspeed_json_replaces_the_generated_one_with_auto_filled(tmp_pat
     (tmp_path / "zero2.json").write_text(json.dumps(zero2))
     with pytest.raises(UserError, match="train_batch_size is 512 but the spec gives 2"):
         launcher.deepspeed_config(spec, world_size=1)
+    for text, why in (("{nope", "the DeepSpeed config is not valid JSON"), ("[1, 2]", "must be a JSON object"),
+                      ("[" * 100000, "nested too deeply"), ('{"steps": ' + "9" * 5000 + "}", "more digits")):
+        (tmp_path / "zero2.json").write_text(text)
+        with pytest.raises(UserError, match=f"zero2.json: .*{why}"):
+            launcher.deepspeed_config(spec, world_size=1)
 
 
 def test_topology_and_launcher_command(tmp_path, assets):

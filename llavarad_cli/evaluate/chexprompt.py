@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.io_utils import JSONProblem, loads
 from llavarad_cli.evaluate.chexprompt_prompt import Prompt, parse_rating
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -109,9 +110,9 @@ class RatingCache:
             with open(self.path, encoding="utf-8") as fh:
                 for line in fh:
                     try:
-                        rec = json.loads(line)
+                        rec = loads(line, line=False)
                         self.entries[rec["key"]] = rec
-                    except (json.JSONDecodeError, KeyError, TypeError):
+                    except (JSONProblem, KeyError, TypeError):
                         continue
             with open(self.path, "rb+") as fh:
                 # end a line torn by a kill, or the next rating appended would join it and be lost as well

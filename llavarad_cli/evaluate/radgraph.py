@@ -9,7 +9,6 @@ Anything else: the metric is skipped with what it needs. This module does not re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -19,7 +18,7 @@ from llavarad_cli.errors import UserError
 from llavarad_cli.evaluate.assets import MetricSkipped
 from llavarad_cli.evaluate.radgraph_reward import reward
 from llavarad_cli.evaluate.records import is_empty
-from llavarad_cli.io_utils import iter_jsonl
+from llavarad_cli.io_utils import JSONProblem, iter_jsonl, loads
 
 Annotator = Callable[[Sequence[str]], list]
 
@@ -32,9 +31,9 @@ def load_annotation_file(path: Path) -> dict[str, Mapping]:
     table: dict[str, Mapping] = {}
     for number, line in iter_jsonl(path):
         try:
-            rec = json.loads(line)
+            rec = loads(line, line=False)
             table[rec["text"]] = rec["annotation"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (JSONProblem, KeyError, TypeError):
             raise UserError(f"{path}, line {number}: expected {{\"text\": ..., \"annotation\": {{\"entities\": ...}}}}") from None
     return table
 

@@ -15,7 +15,6 @@ it, so greedy decoding ranks exactly the original vocabulary with the original l
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -198,7 +197,7 @@ def export_model(model: str, out: Path, model_base: str | None = None, dtype: st
         config.save_pretrained(str(staging))
         _generation_config(tokenizer, image_token_id).save_pretrained(str(staging))
         status(f"writing {sum(p.nbytes for p in plan) / 2**20:,.1f} MiB of weights")
-        files = write_weights(staging, plan, max_shard_bytes or MAX_SHARD_BYTES)
+        write_weights(staging, plan, max_shard_bytes or MAX_SHARD_BYTES)
         parameters = sum(p.nbytes // torch.empty((), dtype=p.dtype).element_size() for p in plan)
         provenance = {"model": str(model), "model_base": model_base, "layout": loaded.config.extra.get("layout"),
                   "dtype": dtype, "projector_type": loaded.config.projector_type, "template": template,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llavarad_cli.errors import UserError
-from llavarad_cli.prompts import (FINDINGS_PROMPT, FINDINGS_PROMPT_WITH_REASON, IMAGE_TOKEN, IMAGE_TOKEN_INDEX,
+from llavarad_cli.prompts import (FINDINGS_PROMPT, IMAGE_TOKEN, IMAGE_TOKEN_INDEX,
                                   V1_ROLES, V1_SEP, V1_SEP2, V1_SYSTEM, tokenizer_image_token, user_turn)
 
 #: open_clip's eval normalisation (OpenAI CLIP mean/std), the released tower's preprocessing.

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.io_utils import read_json_object
 from llavarad_cli.model.weights import model_folder
 
 EXPORT_CHAT_TEMPLATE = "chat_template.jinja"
@@ -100,8 +101,10 @@ def load_exported(model: str, device: torch.device, dtype: torch.dtype, attn_imp
     from llavarad_cli.model.loading import load_tokenizer
 
     root = model_folder(model, "exported model")
-    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
-    vision = config["vision_config"]
+    config = read_json_object(root / "config.json", "exported model config")
+    vision = config.get("vision_config")
+    if not isinstance(vision, dict):
+        raise UserError(f"{root / 'config.json'}: no vision_config object: not an exported LLaVA")
     if vision.get("model_type") != "dinov2" or config.get("vision_feature_select_strategy") != "default" \
             or config.get("projector_hidden_act") != "gelu" or not isinstance(config.get("vision_feature_layer"), int):
         raise UserError(f"{root / 'config.json'}: a LLaVA that is not LLaVA-Rad shaped (needs a dinov2 tower, one "

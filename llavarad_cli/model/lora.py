@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llavarad_cli.errors import UserError
-from llavarad_cli.model.weights import config_value, first_line, load_state_file, read_json_object
+from llavarad_cli.io_utils import read_json_object
+from llavarad_cli.model.weights import config_value, first_line, load_state_file
 
 
 def merge_lora(lm, adapter_config: Path, adapter_file: Path, trust_pickle: bool = False):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from llavarad_cli.errors import UserError
-from llavarad_cli.io_utils import atomic_write_bytes, atomic_write_json
+from llavarad_cli.io_utils import atomic_write_bytes, atomic_write_json, read_json_object
 from llavarad_cli.model.assemble import assemble_model
 from llavarad_cli.model.llavarad import LlavaRadModel
 from llavarad_cli.model.loading import NATIVE_CONFIG, load_lm, load_tokenizer
@@ -31,7 +31,7 @@ from llavarad_cli.model.lora import merge_lora
 from llavarad_cli.model.projector import PROJECTOR_TYPES, projector_depth, projector_state_from
 from llavarad_cli.model.vision import build_vision_tower
 from llavarad_cli.model.weights import (check_name, confine, config_value, load_state_file, model_folder,
-                                        read_json_object, resolve_file)
+                                        resolve_file)
 
 NATIVE_FORMAT = "llavarad-checkpoint"
 NATIVE_VERSION = 1

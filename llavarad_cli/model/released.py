@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from llavarad_cli.errors import UserError
+from llavarad_cli.io_utils import read_json_object
 from llavarad_cli.model.assemble import assemble_model
 from llavarad_cli.model.loading import load_lm, load_tokenizer
 from llavarad_cli.model.lora import merge_lora
 from llavarad_cli.model.projector import PROJECTOR_TYPES, projector_depth, projector_state_from
 from llavarad_cli.model.shapes import RELEASED_BASE
 from llavarad_cli.model.vision import build_vision_tower
-from llavarad_cli.model.weights import config_value, load_state_file, read_json_object, resolve_file
+from llavarad_cli.model.weights import config_value, load_state_file, resolve_file
 
 #: The name the reference falls back to when the configured tower JSON path does not exist.
 RELEASED_TOWER_CONFIG = "biomedclipcxr_518.json"

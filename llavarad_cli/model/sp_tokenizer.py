@@ -26,7 +26,6 @@ and their ids, ``convert_ids_to_tokens`` / ``convert_tokens_to_ids``, ``save_pre
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -67,10 +66,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         return {}
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return config
+    from llavarad_cli.io_utils import read_json_object
+
+    return read_json_object(path, "tokenizer config")
 
 
 def _token_text(value: Any) -> str | None:

@@ -22,7 +22,8 @@ TIMM_KWARGS_KEY = "timm_model_kwargs"
 
 def read_vision_config(config_path: Path) -> dict[str, Any]:
     """The open_clip model JSON; only ``vision_cfg`` matters here, and its fields are checked for their types."""
-    from llavarad_cli.model.weights import config_value, read_json_object
+    from llavarad_cli.io_utils import read_json_object
+    from llavarad_cli.model.weights import config_value
 
     config_path = Path(config_path)
     if not config_path.is_file():

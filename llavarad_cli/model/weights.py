@@ -231,22 +231,6 @@ def pickle_refusal(path: Path | str, exc: BaseException, trust_pickle: bool = Fa
                      hint="pass --trust-pickle only if you trust where this file came from")
 
 
-def read_json_object(path: Path | str, what: str) -> dict[str, Any]:
-    """A JSON config that must be an object: unreadable bytes, bad JSON or another type is one line."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: the {what} is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: the {what} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    except RecursionError:
-        raise UserError(f"{path}: the {what} is nested too deeply to be a config") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: the {what} must be a JSON object, not {type(value).__name__}")
-    return value
-
-
 _NO_DEFAULT = object()
 
 

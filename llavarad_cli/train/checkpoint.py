@@ -21,7 +21,6 @@ checkpoint holds, and refuses anything else with one line (unless the user passe
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llavarad_cli.errors import UserError
-from llavarad_cli.io_utils import atomic_write_json, atomic_write_text
+from llavarad_cli.io_utils import atomic_write_json, atomic_write_text, read_json_object
 
 MARKER = "COMPLETE"
 _NAME = re.compile(r"checkpoint-(\d+)")
@@ -148,7 +147,7 @@ def save(engine, out_dir: Path, step: int, trainer_state: dict, rank: int, save_
 def load(engine, path: Path, rank: int, world_size: int, trust_pickle: bool = False) -> dict:
     """Restore engine, optimizer, scheduler and this rank's RNG from a complete checkpoint."""
     path = Path(path)
-    state = json.loads((path / "trainer_state.json").read_text())
+    state = read_json_object(path / "trainer_state.json", "checkpoint's trainer state")
     if state.get("world_size") != world_size:
         raise UserError(f"{path} was written by {state.get('world_size')} workers, this run has {world_size}",
                         hint="resume with the same number of GPUs/workers, or start in a new output.dir")

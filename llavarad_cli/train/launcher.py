@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llavarad_cli.errors import Interrupted, UserError, WorkerFailed
+from llavarad_cli.io_utils import read_json_object
 from llavarad_cli.specs import RunSpec
 
 WORKER_MODULE = "llavarad_cli.train.worker"
@@ -105,15 +106,12 @@ def deepspeed_config(spec: RunSpec, world_size: int) -> dict:
                      "initial_scale_power": 16, "hysteresis": 2, "min_loss_scale": 1},
         })
     else:
-        try:
-            cfg = json.loads(Path(spec.deepspeed.config).read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{spec.deepspeed.config}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        cfg = read_json_object(spec.deepspeed.config, "DeepSpeed config")
         for key, value in filled.items():
             given = cfg.get(key, "auto")
             if given != "auto" and given != value:
                 raise UserError(f"{spec.deepspeed.config}: {key} is {given} but the spec gives {value}",
-                                hint=f'set it to "auto" in the JSON, or change the spec')
+                                hint='set it to "auto" in the JSON, or change the spec')
             cfg[key] = value
         for section, enabled in (("bf16", train.precision == "bf16"), ("fp16", train.precision == "fp16")):
             if isinstance(cfg.get(section), dict) and cfg[section].get("enabled") == "auto":
