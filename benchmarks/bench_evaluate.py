@@ -10,7 +10,8 @@ them by default (the size of the MIMIC-CXR test set; ``--limit`` takes fewer).
    table is printed before the model parts start.
 2. CheXbert, real size (bert-base + 14 heads, random weights, a WordPiece vocabulary trained here), eager
    attention: llavarad's length-sorted batches against the paper's way (one report at a time, as f1chexbert's
-   ``get_label`` does); the labels must be identical.
+   ``get_label`` does); the labels must be identical. Then the same batches with SDPA attention (transformers
+   5's default, not used): its time, and how many cells it changes.
 3. RadGraph, real size (PubMedBERT-base shape + DyGIE heads, random weights in radgraph.tar.gz's layout):
    llavarad's annotator (BERT shared by up to 32 reports a pass, called as `evaluate` calls it) against the
    radgraph package's ``RadGraph`` class one report at a time (the paper's batch size 1); the annotations must
@@ -92,7 +93,8 @@ def bench_lexical(hyps, refs, tmp: Path, rounds: int) -> list[tuple[str, float]]
             ("lexical, paper path: sacrebleu + BootstrapAggregator (whole process)", min(paper_t))]
 
 
-def bench_chexbert(texts, batch_size: int) -> list[tuple[str, float]]:
+def bench_chexbert(texts, batch_size: int, device: str = "cpu", tiny: bool = False) -> list[tuple[str, float]]:
+    """CheXbert at real size (``tiny``: a small BERT, to check the code) on ``device``; the labels must agree."""
     import numpy as np
     import torch
     from transformers import BertConfig
@@ -102,27 +104,38 @@ def bench_chexbert(texts, batch_size: int) -> list[tuple[str, float]]:
     from llavarad_cli.evaluate import chexbert
 
     with tempfile.TemporaryDirectory() as tmp:
-        tok = fixtures.wordpiece_tokenizer(texts, Path(tmp) / "tok", vocab_size=30522)
+        tok = fixtures.wordpiece_tokenizer(texts, Path(tmp) / "tok", vocab_size=600 if tiny else 30522)
     torch.manual_seed(0)
-    model = chexbert.build_labeler(BertConfig()).eval()  # bert-base-uncased shape, random weights, eager
+    shape = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32) if tiny else {}
+    model = chexbert.build_labeler(BertConfig(**shape)).eval()  # bert-base-uncased shape, random weights, eager
     lengths = [len(chexbert.encode(tok, t)) for t in texts]
     print(f"  CheXbert: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
           f"{model.bert.config._attn_implementation} attention, {len(texts)} reports, "
           f"{sum(lengths) / len(lengths):.0f} tokens on average (max {max(lengths)})", flush=True)
-    chexbert.label_texts(model, tok, texts[:8], batch_size, "cpu")  # warm-up
+    chexbert.label_texts(model, tok, texts[:8], batch_size, device)  # warm-up
     t0 = time.perf_counter()
-    ours = chexbert.label_texts(model, tok, texts, batch_size, "cpu")
+    ours = chexbert.label_texts(model, tok, texts, batch_size, device)
     ours_t = time.perf_counter() - t0
     t0 = time.perf_counter()
-    paper = np.concatenate([chexbert.label_texts(model, tok, [t], 1, "cpu") for t in texts])
+    paper = np.concatenate([chexbert.label_texts(model, tok, [t], 1, device) for t in texts])
     paper_t = time.perf_counter() - t0
     assert (ours == paper).all(), int((ours != paper).sum())
     print(f"  CheXbert labels identical: {ours.size} of {ours.size} cells", flush=True)
-    return [(f"CheXbert, llavarad (length-sorted batches of {batch_size})", ours_t),
-            ("CheXbert, paper's way (one report at a time)", paper_t)]
+    # what eager attention costs, and why it is paid: the same batches with transformers 5's default (SDPA)
+    model.bert.set_attn_implementation("sdpa")
+    t0 = time.perf_counter()
+    sdpa = chexbert.label_texts(model, tok, texts, batch_size, device)
+    sdpa_t = time.perf_counter() - t0
+    print(f"  CheXbert with SDPA attention: {int((sdpa != paper).sum())} of {sdpa.size} cells differ from the "
+          f"paper's way, in {int((sdpa != paper).any(axis=1).sum())} reports", flush=True)
+    return [(f"CheXbert, llavarad (length-sorted, <= {batch_size} reports, <= {chexbert.padded_tokens_per_batch(device)} "
+             "padded tokens a batch)", ours_t),
+            ("CheXbert, paper's way (one report at a time)", paper_t),
+            ("CheXbert, llavarad's batches with SDPA attention (not used)", sdpa_t)]
 
 
-def bench_radgraph(texts) -> list[tuple[str, float]]:
+def bench_radgraph(texts, device: str = "cpu", tiny: bool = False) -> list[tuple[str, float]]:
+    """RadGraph at real size (``tiny``: a small BERT) on ``device``, against the radgraph package's own class."""
     from radgraph_fixtures import PUBMEDBERT, tiny_radgraph
 
     from llavarad_cli.evaluate import radgraph, radgraph_model
@@ -131,15 +144,15 @@ def bench_radgraph(texts) -> list[tuple[str, float]]:
         tmp = Path(tmp)
         os.environ["XDG_CACHE_HOME"] = str(tmp / "xdg")
         t0 = time.perf_counter()
-        folder = tiny_radgraph(tmp / "rg", texts, real_size=True)
+        folder = tiny_radgraph(tmp / "rg", texts, real_size=not tiny)
         print(f"  RadGraph: real-size random archive built in {time.perf_counter() - t0:.0f} s", flush=True)
-        annotate = radgraph.package_annotator(folder / "radgraph.tar.gz", device="cpu")
+        annotate = radgraph.package_annotator(folder / "radgraph.tar.gz", device=device)
         annotate(texts[:2])  # warm-up
         t0 = time.perf_counter()
         ours = [a for start in range(0, len(texts), radgraph.ANNOTATE_STEP)
                 for a in annotate(texts[start:start + radgraph.ANNOTATE_STEP])]
         ours_t = time.perf_counter() - t0
-        peer = _package_radgraph(folder, tmp / "pkg", PUBMEDBERT)
+        peer = _package_radgraph(folder, tmp / "pkg", PUBMEDBERT, cuda=-1 if device == "cpu" else 0)
         peer([texts[0]])
         t0 = time.perf_counter()
         theirs = [peer([t])["0"] for t in texts]
@@ -152,7 +165,7 @@ def bench_radgraph(texts) -> list[tuple[str, float]]:
             ("RadGraph, radgraph package's RadGraph (one at a time)", paper_t)]
 
 
-def _package_radgraph(folder: Path, cache: Path, bert_name: str):
+def _package_radgraph(folder: Path, cache: Path, bert_name: str, cuda: int = -1):
     """The radgraph package's RadGraph on the same archive, its BERT caches filled for the hub name (no download)."""
     import tarfile
 
@@ -171,7 +184,7 @@ def _package_radgraph(folder: Path, cache: Path, bert_name: str):
         cached_transformers._tokenizer_cache[(bert_name, frozenset(kwargs.items()))] = tok
     bert = AutoModel.from_config(BertConfig.from_json_file(str(bert_dir / "config.json")), attn_implementation="eager")
     cached_transformers._model_cache[cached_transformers.TransformerSpec(bert_name, None, None)] = bert
-    return package.RadGraph(model_type="radgraph", model_cache_dir=str(cache), cuda=-1)
+    return package.RadGraph(model_type="radgraph", model_cache_dir=str(cache), cuda=cuda)
 
 
 def table(title: str, rows: list[tuple[str, float]], count: int, unit: str) -> None:

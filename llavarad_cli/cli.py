@@ -234,7 +234,7 @@ def evaluate(
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu for CheXbert/RadGraph (default: cuda when available)."),
     chexbert_weights: Optional[Path] = typer.Option(None, "--chexbert-weights", help="Local chexbert.pth (default: StanfordAIMI/RRG_scorers via the hub cache)."),
     chexbert_tokenizer: Optional[str] = typer.Option(None, "--chexbert-tokenizer", help="bert-base-uncased tokenizer: local folder or hub id (default: bert-base-uncased)."),
-    chexbert_batch_size: int = typer.Option(EVAL.chexbert_batch_size, "--chexbert-batch-size", min=1, help="Reports per CheXbert forward pass (length-sorted)."),
+    chexbert_batch_size: int = typer.Option(EVAL.chexbert_batch_size, "--chexbert-batch-size", min=1, help="Most reports per CheXbert forward pass (length-sorted; also at most 1,024 padded tokens on CPU, 32,768 on GPU)."),
     radgraph_weights: Optional[Path] = typer.Option(None, "--radgraph-weights", help="Folder with radgraph.tar.gz (StanfordAIMI/RRG_scorers) and the BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext/ tokenizer folder it names, or the archive itself (default: the hub or its cache); needs the radgraph package."),
     radgraph_annotations: Optional[Path] = typer.Option(None, "--radgraph-annotations", help="JSONL of precomputed RadGraph annotations {text, annotation}, used instead of running the model."),
     cp_base_url: str = typer.Option(CHEXPROMPT.base_url, "--chexprompt-base-url", envvar="LLAVARAD_CHEXPROMPT_BASE_URL", help="OpenAI-compatible base URL (…/v1), or the Azure resource URL with --chexprompt-azure-deployment."),

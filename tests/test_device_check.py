@@ -54,11 +54,12 @@ def test_tiny_run_prints_one_table_and_writes_every_part(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     parts = result["parts"]
-    assert set(parts) == {"infer_fp16", "infer_bf16", "cli", "train_sdpa", "radgraph"}
+    assert set(parts) == {"infer_fp16", "infer_bf16", "cli", "train_sdpa", "chexbert", "radgraph"}
     assert all(p["status"] == "ok" for p in parts.values()), {k: p["status"] for k, p in parts.items()}
     assert parts["infer_fp16"]["reference"]["reports_per_s"] > 0 and parts["infer_fp16"]["non_finite_steps"] == 0
     assert parts["cli"]["batched_eq_one_at_a_time"] == parts["cli"]["reports"] == 8
     assert parts["train_sdpa"]["tokens_per_s"] > 0
+    assert parts["chexbert"]["identical"] == parts["chexbert"]["reports"] == 32
     if "skipped" not in parts["radgraph"]:  # the radgraph package is optional
         assert parts["radgraph"]["identical"] == parts["radgraph"]["reports"] == 16
     assert proc.stdout.splitlines()[0].startswith("part") and result["table"][0] == proc.stdout.splitlines()[0]

@@ -75,6 +75,18 @@ def test_sorted_batches_give_the_same_labels_as_one_at_a_time(tiny):
     assert len({tuple(r) for r in one}) > 1  # the labels depend on the text
 
 
+def test_batches_hold_at_most_the_reports_and_padded_tokens_asked_for(tiny):
+    lengths = [5, 5, 6, 30, 31, 200, 600]
+    batches = chexbert._batches(range(len(lengths)), lengths, batch_size=2, padded_tokens=64)
+    assert batches == [[0, 1], [2, 3], [4], [5], [6]]  # a report longer than the budget still gets a batch
+    assert chexbert._batches(range(7), lengths, batch_size=128, padded_tokens=10**6) == [list(range(7))]
+    assert chexbert.padded_tokens_per_batch("cpu") < chexbert.padded_tokens_per_batch("cuda:0")
+    _, tok, _, model = tiny
+    one = chexbert.label_texts(model, tok, TEXTS, batch_size=1, device="cpu")
+    for budget in (1, 64, 10**6):  # one report a batch, a few, all in one
+        assert (chexbert.label_texts(model, tok, TEXTS, device="cpu", padded_tokens=budget) == one).all()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_asking_for_a_missing_gpu_is_a_user_error(tiny):
     _, tok, _, model = tiny
