@@ -262,8 +262,9 @@ class RadGraphAnnotator:
     BERT, three quarters of the work, encodes several reports in one pass: reports with the same number of
     wordpieces go in as the sentences of one document (each its own row, so nothing is padded and each report's
     arithmetic is what it is alone: on CPU its word embeddings come out bit for bit equal; the benchmark and the
-    device check count this at real size). Padding is avoided because it is not exact: a row padded past the
-    CPU's vector width takes another softmax path, which moved the embeddings of short reports by ~1e-6.
+    device check count this at real size). Padding is avoided because it is not exact: padding the rows of
+    reports under 16 wordpieces to a longer report's length moved their embeddings by ~1e-6 (longer rows take
+    other kernel paths; rows of 16 or more padded further came out equal, but that is no rule to rely on).
     Everything after BERT (spans, NER, pruning, relations, coreference) runs per report, as a one-sentence
     document with exactly the shapes of the package's own pass. Those heads are not shared: their matrix
     products round differently when more rows share a call (one ulp at real size), enough to change which spans
