@@ -216,7 +216,7 @@ def test_escape_in_findings_and_table_titles(tmp_path):
 def test_ctrl_c_during_training_is_one_line_exit_130(tmp_path, monkeypatch):
     from llavarad_cli.train import launcher
 
-    class InterruptedLauncher:  # Ctrl-C arrives while the parent waits; the launcher then ends by itself
+    class InterruptedLauncher:  # Ctrl-C reaches the parent while it waits, and the launcher, which ends by itself
         def __init__(self, *args, **kwargs):
             self.waits = 0
 
@@ -232,6 +232,7 @@ def test_ctrl_c_during_training_is_one_line_exit_130(tmp_path, monkeypatch):
     result = runner.invoke(app, ["pretrain", str(spec), *ONE_BATCH])
     assert result.exit_code == 130, result.output
     assert _lines(result)[-1].startswith("error: interrupted")
+    assert "rerun the same command to resume" in result.output
 
 
 def test_infer_rejects_bad_arguments_before_importing_torch(tmp_path):

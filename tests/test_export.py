@@ -84,6 +84,17 @@ def images(tmp_path_factory):
     return {name: load_image(path) for name, path in paths.items()}
 
 
+def _both_sides(src, out, base=None):
+    """llavarad's model (with its predictor) on ``src``, and transformers' model and processor on the export."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    ours, tokenizer = load_model(str(src), base, device="cpu", dtype="fp32")
+    predictor = Predictor(ours, tokenizer, GenerationSettings(max_new_tokens=NEW_TOKENS))
+    hf = AutoModelForImageTextToText.from_pretrained(str(out))
+    processor = AutoProcessor.from_pretrained(str(out), trust_remote_code=True)
+    return ours, tokenizer, predictor, hf, processor
+
+
 def _llavarad_ids(model, predictor: Predictor, query: str, pixels: torch.Tensor) -> list[int]:
     """New token ids exactly as ``Predictor.predict`` generates them (one row)."""
     ids = torch.tensor([predictor.prompt_ids(query)])
@@ -93,14 +104,11 @@ def _llavarad_ids(model, predictor: Predictor, query: str, pixels: torch.Tensor)
 
 @pytest.mark.parametrize("which", ["released", "finetune"])
 def test_transformers_alone_reproduces_llavarad(which, sources, exports, images):
-    from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     src, base = sources[which]
-    ours, tokenizer = load_model(str(src), base, device="cpu", dtype="fp32")
-    predictor = Predictor(ours, tokenizer, GenerationSettings(max_new_tokens=NEW_TOKENS))
-    hf = AutoModelForImageTextToText.from_pretrained(str(exports[which]))
+    ours, tokenizer, predictor, hf, processor = _both_sides(src, exports[which], base)
     assert type(hf) is LlavaForConditionalGeneration
-    processor = AutoProcessor.from_pretrained(str(exports[which]), trust_remote_code=True)
     image_id, n_image = hf.config.image_token_id, ours.num_image_tokens
     assert n_image == (testing.TINY_IMAGE_SIZE // 14) ** 2
     for name, image in images.items():
@@ -149,13 +157,7 @@ def strong_tower(tmp_path_factory):
 
 
 def test_strong_tower_features_and_logits(strong_tower, images):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    src, out = strong_tower
-    ours, tokenizer = load_model(str(src), device="cpu", dtype="fp32")
-    predictor = Predictor(ours, tokenizer, GenerationSettings(max_new_tokens=NEW_TOKENS))
-    hf = AutoModelForImageTextToText.from_pretrained(str(out))
-    processor = AutoProcessor.from_pretrained(str(out), trust_remote_code=True)
+    ours, _, predictor, hf, processor = _both_sides(*strong_tower)
     for name in ("rgb8", "portrait"):
         pixels = predictor.pixel_values(images[name])
         with torch.no_grad():
@@ -397,13 +399,9 @@ def sentencepiece_export(tmp_path_factory):
 
 def test_sentencepiece_base_export_matches_llavarad(sentencepiece_export, images):
     from tokenizers import Tokenizer
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     src, out = sentencepiece_export
-    ours, tokenizer = load_model(str(src), device="cpu", dtype="fp32")
-    predictor = Predictor(ours, tokenizer, GenerationSettings(max_new_tokens=NEW_TOKENS))
-    hf = AutoModelForImageTextToText.from_pretrained(str(out))
-    processor = AutoProcessor.from_pretrained(str(out), trust_remote_code=True)
+    ours, tokenizer, predictor, hf, processor = _both_sides(src, out)
     image_id = hf.config.image_token_id
     assert image_id == 32000
     pixels = predictor.pixel_values(images["gray8"])

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from reference_tokens import reference_ids
 
 from llavarad_cli.prompts import (IMAGE_TOKEN_INDEX, clean_reason, render_plain, render_v1_inference,
                                   render_v1_training, tokenizer_image_token, user_turn)
@@ -52,21 +53,6 @@ def sp():
     return sentencepiece.SentencePieceProcessor(model_file=str(SP_MODEL))
 
 
-def _reference_ids(text: str, sp) -> list[int]:
-    """What the reference got: each <image> chunk encoded alone (dummy prefix each time), one BOS in front,
-    -200 between chunks, and a literal </s> matched as the EOS id."""
-    ids = [1]
-    for i, chunk in enumerate(text.split("<image>")):
-        if i:
-            ids.append(IMAGE_TOKEN_INDEX)
-        for j, part in enumerate(chunk.split("</s>")):
-            if j:
-                ids.append(2)
-            if part:
-                ids += sp.encode(part)
-    return ids
-
-
 def test_inference_prompt_golden_ids_around_the_image(llama_tok):
     ids = tokenizer_image_token(render_v1_inference(user_turn("cough")), llama_tok)
     assert ids[:3] == [1, 330, 10706]  # <s> ▁A ▁chat
@@ -98,7 +84,7 @@ def test_plain_template_ids(llama_tok):
 @pytest.mark.parametrize("reason", [None, "cough", "Chest pain, cough,\nfever; r/o PNA ___ 5cm", "ÄÖ µ 90°"])
 def test_ids_match_sentencepiece_chunk_by_chunk(llama_tok, sp, reason):
     for text in (render_v1_inference(user_turn(reason)), render_v1_training(user_turn(reason), "No effusion.")):
-        assert tokenizer_image_token(text, llama_tok) == _reference_ids(text, sp)
+        assert tokenizer_image_token(text, llama_tok) == reference_ids(text, sp)
 
 
 def test_tokenizer_without_add_bos_gets_bos_back(tmp_path):
@@ -201,7 +187,7 @@ def test_openi_prompts_and_training_strings_match_the_reference_chunking(llama_t
         for text in (render_v1_inference(user_turn(row["indication"] or None)),
                      render_v1_training(user_turn(row["indication"] or None), row["findings"]),
                      render_plain(row["findings"])):
-            if tokenizer_image_token(text, llama_tok) != _reference_ids(text, sp):
+            if tokenizer_image_token(text, llama_tok) != reference_ids(text, sp):
                 wrong.append(text)
     assert not wrong, f"{len(wrong)} strings differ, e.g. {wrong[:2]!r}"
 
@@ -301,7 +287,7 @@ def _reference_findings(model, sp, query: str, pixels, max_new_tokens: int) -> s
     SentencePiece's decode, strip, a trailing "</s>" removed, strip."""
     import torch
 
-    ids = torch.tensor([_reference_ids(render_v1_inference(query), sp)])
+    ids = torch.tensor([reference_ids(render_v1_inference(query), sp)])
     out = model.generate(ids, torch.ones_like(ids), pixels, max_new_tokens=max_new_tokens, do_sample=False,
                          eos_token_id=2, pad_token_id=0)
     text = sp.decode([i for i in out[0].tolist() if i not in (0, 1, 2)]).strip()

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from reference_tokens import reference_ids
 
 from llavarad_cli.prompts import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, V1_ROLES, V1_SEP, V1_SEP2, conversations,
                                   render_v1_training, tokenizer_image_token)
@@ -247,25 +248,6 @@ WHITESPACE_INDICATIONS = [None, "___ year old woman with ?pleural effusion  // ?
                           "cough \n fever", "  r/o PNA\t\teval"]
 
 
-def _slow_llama_ids(text, sp):
-    ids = [1]
-    for k, part in enumerate(text.split("</s>")):
-        if k:
-            ids.append(2)
-        if part:
-            ids += sp.encode(part)
-    return ids
-
-
-def _image_prompt_ids(prompt, sp):
-    ids = [1]
-    for k, chunk in enumerate(prompt.split("<image>")):
-        if k:
-            ids.append(IMAGE_TOKEN_INDEX)
-        ids += _slow_llama_ids(chunk, sp)[1:]
-    return ids
-
-
 def _loader_human_turn(reason):
     if reason is None:
         return "<image>\nProvide a description of the findings in the radiology image."
@@ -275,15 +257,15 @@ def _loader_human_turn(reason):
 
 
 def _reference_plain(findings, sp):
-    ids = _image_prompt_ids("<image>" + findings + "\n", sp)
-    n = len(_image_prompt_ids("<image>", sp))
+    ids = reference_ids("<image>" + findings + "\n", sp)
+    n = len(reference_ids("<image>", sp))
     return ids, [IGNORE_INDEX] * n + ids[n:]
 
 
 def _reference_v1(human, findings, sp, max_length=2048):
     human = ("<image>\n" + human.replace("<image>", "").strip()).strip()  # preprocess_multimodal
     conversation = f"{SYSTEM} USER: {human} ASSISTANT: {findings}</s>"
-    ids = _image_prompt_ids(conversation, sp)
+    ids = reference_ids(conversation, sp)
     labels = list(ids)
     labels[0] = IGNORE_INDEX
     cur = 1
@@ -293,9 +275,9 @@ def _reference_v1(human, findings, sp, max_length=2048):
         parts = rnd.split(" ASSISTANT: ")
         if len(parts) != 2:
             break
-        instruction = len(_image_prompt_ids(parts[0] + " ASSISTANT: ", sp)) - 2
+        instruction = len(reference_ids(parts[0] + " ASSISTANT: ", sp)) - 2
         labels[cur:cur + instruction] = [IGNORE_INDEX] * len(labels[cur:cur + instruction])
-        cur += len(_image_prompt_ids(rnd, sp))
+        cur += len(reference_ids(rnd, sp))
     labels[cur:] = [IGNORE_INDEX] * len(labels[cur:])
     if cur < max_length and cur != len(ids):
         labels = [IGNORE_INDEX] * len(ids)  # the reference's "tokenization mismatch": whole sample masked
